@@ -1,0 +1,5 @@
+//! sfmc-relay: Segment-spec events -> Salesforce Marketing Cloud, driven by YAML rules.
+//!
+//! See `docs/architecture.md` for what lives where.
+
+pub mod sim;

@@ -1,0 +1,1 @@
+//! A strict local SFMC simulator (to be written).

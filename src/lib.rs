@@ -2,4 +2,10 @@
 //!
 //! See `docs/architecture.md` for what lives where.
 
+pub mod action;
+pub mod commands;
+pub mod event;
+pub mod golden;
+pub mod rules;
 pub mod sim;
+pub mod transform;

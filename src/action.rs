@@ -1,0 +1,108 @@
+//! SFMC actions: what one event asks SFMC to do, and the HTTP calls they become.
+
+use serde::Serialize;
+use serde_json::{Map, Value, json};
+
+/// One thing an event asks of SFMC.
+#[derive(Debug, Clone, PartialEq)]
+pub enum Action {
+    /// `POST /contacts/v1/contacts`
+    CreateContact { contact_key: String },
+    /// One row upserted into a data extension (batched by the sink).
+    UpsertRow {
+        data_extension: String,
+        keys: Map<String, Value>,
+        values: Map<String, Value>,
+    },
+    /// `POST /interaction/v1/events` (Journey Builder API event; not idempotent).
+    ApiEvent {
+        contact_key: String,
+        definition_key: String,
+        data: Map<String, Value>,
+    },
+}
+
+/// An HTTP call to SFMC's REST API, relative to the REST base URL.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct Call {
+    pub method: &'static str,
+    pub path: String,
+    pub body: Value,
+}
+
+pub const CONTACTS_PATH: &str = "/contacts/v1/contacts";
+pub const EVENTS_PATH: &str = "/interaction/v1/events";
+
+/// `/hub/v1/dataevents/key:{key}/rowset`, with the key percent-encoded as a path segment.
+pub fn rowset_path(data_extension: &str) -> String {
+    format!(
+        "/hub/v1/dataevents/key:{}/rowset",
+        encode_segment(data_extension)
+    )
+}
+
+/// Percent-encode everything but RFC 3986 unreserved characters.
+pub fn encode_segment(s: &str) -> String {
+    let mut out = String::with_capacity(s.len());
+    for b in s.bytes() {
+        if b.is_ascii_alphanumeric() || matches!(b, b'-' | b'.' | b'_' | b'~') {
+            out.push(b as char);
+        } else {
+            out.push_str(&format!("%{b:02X}"));
+        }
+    }
+    out
+}
+
+/// One rowset entry: `{"keys":{...},"values":{...}}`.
+pub fn row_json(keys: &Map<String, Value>, values: &Map<String, Value>) -> Value {
+    json!({"keys": keys, "values": values})
+}
+
+impl Action {
+    /// The call this action makes when sent on its own (unbatched).
+    pub fn call(&self) -> Call {
+        match self {
+            Action::CreateContact { contact_key } => Call {
+                method: "POST",
+                path: CONTACTS_PATH.to_string(),
+                body: json!({"contactKey": contact_key, "attributeSets": []}),
+            },
+            Action::UpsertRow {
+                data_extension,
+                keys,
+                values,
+            } => Call {
+                method: "POST",
+                path: rowset_path(data_extension),
+                body: Value::Array(vec![row_json(keys, values)]),
+            },
+            Action::ApiEvent {
+                contact_key,
+                definition_key,
+                data,
+            } => Call {
+                method: "POST",
+                path: EVENTS_PATH.to_string(),
+                body: json!({"ContactKey": contact_key, "EventDefinitionKey": definition_key, "Data": data}),
+            },
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn paths() {
+        assert_eq!(
+            rowset_path("orders"),
+            "/hub/v1/dataevents/key:orders/rowset"
+        );
+        assert_eq!(
+            rowset_path("my de/x"),
+            "/hub/v1/dataevents/key:my%20de%2Fx/rowset"
+        );
+    }
+}

@@ -1,0 +1,3 @@
+//! The subcommands' bodies (the CLI in `main.rs` only parses flags and calls these).
+
+pub mod transform;

@@ -1,0 +1,136 @@
+//! `sfmc-relay transform`: events in, the SFMC calls they cause out (NDJSON, unbatched).
+
+use crate::event::{Line, parse_line};
+use crate::rules::Program;
+use crate::transform::{Outcome, Trace, transform};
+use serde::Serialize;
+use serde_json::Value;
+use std::io::{BufRead, BufReader, Read, Write};
+use std::sync::Arc;
+
+#[derive(Serialize)]
+struct CallLine<'a> {
+    event: u64,
+    method: &'a str,
+    path: &'a str,
+    body: &'a Value,
+}
+
+#[derive(Serialize)]
+struct OutcomeLine<'a> {
+    event: u64,
+    outcome: &'a str,
+    reason: &'a str,
+}
+
+/// Counts for the closing summary.
+#[derive(Debug, Default, Clone, PartialEq, Eq)]
+pub struct Counts {
+    pub lines: u64,
+    pub events: u64,
+    pub calls: u64,
+    pub skipped: u64,
+    pub rejected: u64,
+}
+
+/// Write the output lines for one event (or one malformed line).
+pub fn write_outcome(
+    out: &mut (impl Write + ?Sized),
+    line_no: u64,
+    outcome: &Outcome,
+    counts: &mut Counts,
+) -> std::io::Result<()> {
+    match outcome {
+        Outcome::Actions(actions) => {
+            for a in actions {
+                let call = a.call();
+                serde_json::to_writer(
+                    &mut *out,
+                    &CallLine {
+                        event: line_no,
+                        method: call.method,
+                        path: &call.path,
+                        body: &call.body,
+                    },
+                )?;
+                out.write_all(b"\n")?;
+                counts.calls += 1;
+            }
+        }
+        Outcome::Skipped(reason) => {
+            write_reason(out, line_no, "skipped", reason)?;
+            counts.skipped += 1;
+        }
+        Outcome::Rejected(reason) => {
+            write_reason(out, line_no, "rejected", reason)?;
+            counts.rejected += 1;
+        }
+    }
+    Ok(())
+}
+
+fn write_reason(
+    out: &mut (impl Write + ?Sized),
+    event: u64,
+    outcome: &str,
+    reason: &str,
+) -> std::io::Result<()> {
+    serde_json::to_writer(
+        &mut *out,
+        &OutcomeLine {
+            event,
+            outcome,
+            reason,
+        },
+    )?;
+    out.write_all(b"\n")
+}
+
+/// Stream `input` through the rules into `out`.
+///
+/// `rules` is asked for the current program before each input line, so a hot reload takes
+/// effect at the next line and a line (even a batch envelope) is processed by one version.
+/// Output is flushed whenever no more input is buffered, so `tail -f | transform` shows
+/// each result at once.
+pub fn run<R: Read>(
+    input: &mut BufReader<R>,
+    out: &mut dyn Write,
+    rules: &mut dyn FnMut() -> Arc<Program>,
+) -> std::io::Result<Counts> {
+    let mut counts = Counts::default();
+    let mut buf = Vec::new();
+    let mut line_no: u64 = 0;
+    loop {
+        buf.clear();
+        if input.read_until(b'\n', &mut buf)? == 0 {
+            break;
+        }
+        counts.lines += 1;
+        let program = rules();
+        match std::str::from_utf8(&buf) {
+            Err(e) => {
+                let o = Outcome::Rejected(format!("line {}: not UTF-8 text: {e}", line_no + 1));
+                write_outcome(out, line_no, &o, &mut counts)?;
+            }
+            Ok(text) => match parse_line(text, line_no) {
+                Line::Blank => {}
+                Line::Invalid(reason) => {
+                    write_outcome(out, line_no, &Outcome::Rejected(reason), &mut counts)?;
+                }
+                Line::Events(events) => {
+                    for ev in &events {
+                        counts.events += 1;
+                        let outcome = transform(&program, ev, &mut Trace::off());
+                        write_outcome(out, line_no, &outcome, &mut counts)?;
+                    }
+                }
+            },
+        }
+        line_no += 1;
+        if input.buffer().is_empty() {
+            out.flush()?;
+        }
+    }
+    out.flush()?;
+    Ok(counts)
+}

@@ -1,0 +1,203 @@
+//! Key casing: how trait and property keys become data extension column names.
+
+use heck::{ToLowerCamelCase, ToSnakeCase, ToTitleCase, ToUpperCamelCase};
+use std::borrow::Cow;
+use std::collections::HashMap;
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Style {
+    /// `first_name` -> `First Name` (the default, as Segment's destination does).
+    Title,
+    /// Keys are sent as they are.
+    None,
+    /// `firstName` -> `first_name`.
+    Snake,
+    /// `first_name` -> `firstName`.
+    Camel,
+    /// `first_name` -> `FirstName`.
+    Pascal,
+}
+
+impl Style {
+    pub const NAMES: &'static str = "title, none, snake, camel, pascal";
+
+    pub fn parse(s: &str) -> Option<Style> {
+        Some(match s.trim().to_ascii_lowercase().as_str() {
+            "title" => Style::Title,
+            "none" => Style::None,
+            "snake" => Style::Snake,
+            "camel" => Style::Camel,
+            "pascal" => Style::Pascal,
+            _ => return None,
+        })
+    }
+
+    pub fn apply(self, key: &str) -> String {
+        match self {
+            Style::Title => key.to_title_case(),
+            Style::None => key.to_string(),
+            Style::Snake => key.to_snake_case(),
+            Style::Camel => key.to_lower_camel_case(),
+            Style::Pascal => key.to_upper_camel_case(),
+        }
+    }
+}
+
+/// A casing style plus an override table.
+///
+/// An override `utm_campaign: UTM Campaign` applies to the key `utm_campaign` itself and
+/// to every key the style turns into the same column (`utmCampaign`, `UTMCampaign`,
+/// `Utm Campaign`), so casing stays idempotent: casing `UTM Campaign` again gives
+/// `UTM Campaign`.
+#[derive(Debug, Clone)]
+pub struct Casing {
+    style: Style,
+    /// Exact source key -> column.
+    exact: HashMap<String, String>,
+    /// Styled key -> column.
+    styled: HashMap<String, String>,
+}
+
+impl Casing {
+    pub fn new(style: Style) -> Self {
+        Casing {
+            style,
+            exact: HashMap::new(),
+            styled: HashMap::new(),
+        }
+    }
+
+    pub fn style(&self) -> Style {
+        self.style
+    }
+
+    /// Add an override. Returns the earlier column this key (or its styled form) already
+    /// mapped to, if any: a shadowed override.
+    pub fn add_override(&mut self, key: &str, column: &str) -> Option<String> {
+        let previous = self
+            .styled
+            .get(&self.style.apply(key))
+            .filter(|c| c.as_str() != column)
+            .cloned();
+        self.exact.insert(key.to_string(), column.to_string());
+        self.exact.insert(column.to_string(), column.to_string());
+        self.styled
+            .insert(self.style.apply(key), column.to_string());
+        self.styled
+            .insert(self.style.apply(column), column.to_string());
+        previous
+    }
+
+    /// The column name for `key`.
+    pub fn apply<'a>(&self, key: &'a str) -> Cow<'a, str> {
+        if let Some(c) = self.exact.get(key) {
+            return Cow::Owned(c.clone());
+        }
+        if self.style == Style::None {
+            return Cow::Borrowed(key);
+        }
+        let styled = self.style.apply(key);
+        match self.styled.get(&styled) {
+            Some(c) => Cow::Owned(c.clone()),
+            None if styled == key => Cow::Borrowed(key),
+            None => Cow::Owned(styled),
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn title() -> Casing {
+        Casing::new(Style::Title)
+    }
+
+    #[test]
+    fn title_case_examples_from_the_behaviour_page() {
+        let c = title();
+        for (k, want) in [
+            ("firstName", "First Name"),
+            ("first_name", "First Name"),
+            ("createdAt", "Created At"),
+            ("order_id", "Order Id"),
+            ("orderId", "Order Id"),
+            ("name", "Name"),
+            ("email", "Email"),
+            ("order_completed_last_30days", "Order Completed Last 30days"),
+            ("product_id", "Product Id"),
+            ("productId", "Product Id"),
+        ] {
+            assert_eq!(c.apply(k), want, "{k}");
+        }
+    }
+
+    #[test]
+    fn heck_quirks_acronyms_and_digits() {
+        let c = title();
+        assert_eq!(c.apply("UTMCampaign"), "Utm Campaign");
+        assert_eq!(c.apply("product2Id"), "Product2 Id");
+    }
+
+    #[test]
+    fn overrides_fix_acronyms_for_every_spelling() {
+        let mut c = title();
+        assert_eq!(c.add_override("utm_campaign", "UTM Campaign"), None);
+        for k in [
+            "utm_campaign",
+            "utmCampaign",
+            "UTMCampaign",
+            "Utm Campaign",
+            "UTM Campaign",
+        ] {
+            assert_eq!(c.apply(k), "UTM Campaign", "{k}");
+        }
+        assert_eq!(c.apply("utm_source"), "Utm Source");
+    }
+
+    #[test]
+    fn exact_override_beats_style() {
+        let mut c = title();
+        c.add_override("ip", "IP Address");
+        assert_eq!(c.apply("ip"), "IP Address");
+        assert_eq!(c.apply("Ip"), "IP Address");
+    }
+
+    #[test]
+    fn shadowed_override_is_reported() {
+        let mut c = title();
+        c.add_override("orderId", "Order ID");
+        assert_eq!(
+            c.add_override("order_id", "OrderID"),
+            Some("Order ID".to_string())
+        );
+    }
+
+    #[test]
+    fn other_styles() {
+        assert_eq!(Casing::new(Style::None).apply("first_name"), "first_name");
+        assert_eq!(Casing::new(Style::Snake).apply("firstName"), "first_name");
+        assert_eq!(Casing::new(Style::Camel).apply("first_name"), "firstName");
+        assert_eq!(Casing::new(Style::Pascal).apply("first_name"), "FirstName");
+        assert_eq!(Style::parse("Title"), Some(Style::Title));
+        assert_eq!(Style::parse("kebab"), None);
+    }
+
+    #[test]
+    fn casing_is_idempotent() {
+        let mut c = title();
+        c.add_override("utm_campaign", "UTM Campaign");
+        for k in [
+            "firstName",
+            "UTMCampaign",
+            "a_b_c",
+            "product2Id",
+            "x",
+            "Order Id",
+            "ÄrgerNis",
+        ] {
+            let once = c.apply(k).into_owned();
+            assert_eq!(c.apply(&once), once, "{k}");
+        }
+    }
+}

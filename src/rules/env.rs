@@ -1,0 +1,131 @@
+//! `${NAME}` / `${NAME:-default}` interpolation in rule values.
+//!
+//! Interpolation happens on parsed string values (never on raw YAML text), so an
+//! environment value can never change the structure of a rule file. `$${` writes a
+//! literal `${`.
+
+/// Where variables come from: the process environment in production, a map in tests.
+pub type EnvLookup<'a> = &'a dyn Fn(&str) -> Option<String>;
+
+/// The process environment as an [`EnvLookup`].
+pub fn process_env(name: &str) -> Option<String> {
+    std::env::var(name).ok()
+}
+
+/// Replace every `${NAME}` and `${NAME:-default}` in `input`.
+///
+/// `${NAME:-default}` uses the default when NAME is unset or empty (as in POSIX shells);
+/// `${NAME}` with NAME unset is an error that says how to give a default.
+pub fn interpolate(input: &str, env: EnvLookup) -> Result<String, String> {
+    if !input.contains('$') {
+        return Ok(input.to_string());
+    }
+    let mut out = String::with_capacity(input.len());
+    let mut rest = input;
+    while let Some(pos) = rest.find('$') {
+        out.push_str(&rest[..pos]);
+        let after = &rest[pos..];
+        if let Some(stripped) = after.strip_prefix("$${") {
+            out.push_str("${");
+            rest = stripped;
+            continue;
+        }
+        if !after.starts_with("${") {
+            out.push('$');
+            rest = &after[1..];
+            continue;
+        }
+        let body_start = 2;
+        let Some(end) = after[body_start..].find('}') else {
+            return Err(format!(
+                "unterminated `${{` in {input:?}: expected `${{NAME}}` or `${{NAME:-default}}`"
+            ));
+        };
+        let body = &after[body_start..body_start + end];
+        let (name, default) = match body.find(":-") {
+            Some(i) => (&body[..i], Some(&body[i + 2..])),
+            None => (body, None),
+        };
+        if !is_var_name(name) {
+            return Err(format!(
+                "invalid variable name {name:?} in {input:?}: expected letters, digits and `_`, not starting with a digit"
+            ));
+        }
+        match (env(name), default) {
+            (Some(v), Some(d)) if v.is_empty() => out.push_str(d),
+            (Some(v), _) => out.push_str(&v),
+            (None, Some(d)) => out.push_str(d),
+            (None, None) => {
+                return Err(format!(
+                    "environment variable {name} is not set (write `${{{name}:-default}}` to give a default)"
+                ));
+            }
+        }
+        rest = &after[body_start + end + 1..];
+    }
+    out.push_str(rest);
+    Ok(out)
+}
+
+fn is_var_name(name: &str) -> bool {
+    let mut chars = name.chars();
+    matches!(chars.next(), Some(c) if c == '_' || c.is_ascii_alphabetic())
+        && chars.all(|c| c == '_' || c.is_ascii_alphanumeric())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn env(name: &str) -> Option<String> {
+        match name {
+            "DE" => Some("orders".into()),
+            "EMPTY" => Some(String::new()),
+            _ => None,
+        }
+    }
+
+    #[test]
+    fn plain_text_is_unchanged() {
+        assert_eq!(interpolate("Order Id", &env).unwrap(), "Order Id");
+        assert_eq!(interpolate("costs $5", &env).unwrap(), "costs $5");
+    }
+
+    #[test]
+    fn set_variable_is_substituted() {
+        assert_eq!(interpolate("${DE}", &env).unwrap(), "orders");
+        assert_eq!(interpolate("key-${DE}-x", &env).unwrap(), "key-orders-x");
+        assert_eq!(interpolate("${DE:-other}", &env).unwrap(), "orders");
+    }
+
+    #[test]
+    fn default_used_when_unset_or_empty() {
+        assert_eq!(interpolate("${NOPE:-fallback}", &env).unwrap(), "fallback");
+        assert_eq!(interpolate("${EMPTY:-fallback}", &env).unwrap(), "fallback");
+        assert_eq!(interpolate("${NOPE:-}", &env).unwrap(), "");
+        assert_eq!(interpolate("${EMPTY}", &env).unwrap(), "");
+    }
+
+    #[test]
+    fn unset_without_default_is_an_error_naming_the_variable() {
+        let e = interpolate("${NOPE}", &env).unwrap_err();
+        assert!(e.contains("NOPE is not set"), "{e}");
+        assert!(e.contains("${NOPE:-default}"), "{e}");
+    }
+
+    #[test]
+    fn escapes_and_malformed() {
+        assert_eq!(interpolate("$${DE}", &env).unwrap(), "${DE}");
+        assert!(
+            interpolate("${DE", &env)
+                .unwrap_err()
+                .contains("unterminated")
+        );
+        assert!(
+            interpolate("${1X}", &env)
+                .unwrap_err()
+                .contains("invalid variable name")
+        );
+        assert!(interpolate("${}", &env).is_err());
+    }
+}

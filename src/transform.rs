@@ -1,0 +1,624 @@
+//! The interpreter: one event + a compiled [`Program`] -> SFMC actions or an outcome.
+//!
+//! Pure: no I/O, no clock, no randomness. `explain` passes a trace to see every decision.
+
+use crate::action::Action;
+use crate::rules::dates;
+use crate::rules::program::{EventKind, Mapping, Nested, Nulls, PrimaryKey, Program};
+use serde_json::{Map, Value};
+use std::fmt::Write as _;
+
+/// What happened to one event.
+#[derive(Debug, Clone, PartialEq)]
+pub enum Outcome {
+    /// The calls to make (at least one).
+    Actions(Vec<Action>),
+    /// A rule chose not to send it (counted, not an error).
+    Skipped(String),
+    /// It cannot be sent as it is (dead-lettered with the reason).
+    Rejected(String),
+}
+
+/// One decision, recorded for `explain`.
+#[derive(Debug, Clone, PartialEq)]
+pub enum Note {
+    Filter {
+        list: &'static str,
+        origin: String,
+        condition: String,
+        matched: bool,
+    },
+    ContactKey {
+        source: String,
+        value: String,
+        removed: usize,
+    },
+    NoContactKey {
+        tried: String,
+    },
+    Mapping {
+        origin: String,
+        matched: bool,
+        why: String,
+    },
+    Renamed {
+        from: String,
+        to: String,
+    },
+    Dropped {
+        key: String,
+        why: String,
+    },
+    Collision {
+        column: String,
+        earlier: String,
+        later: String,
+    },
+    Context {
+        path: String,
+        column: String,
+        outcome: String,
+    },
+    Date {
+        column: String,
+        from: String,
+        to: String,
+    },
+    PrimaryKey {
+        data_extension: String,
+        keys: String,
+    },
+}
+
+impl std::fmt::Display for Note {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Note::Filter {
+                list,
+                origin,
+                condition,
+                matched,
+            } => write!(
+                f,
+                "{list} filter ({origin}) {}: {condition}",
+                if *matched { "MATCHED" } else { "not matched" }
+            ),
+            Note::ContactKey {
+                source,
+                value,
+                removed,
+            } => {
+                write!(f, "Contact Key {value:?} from {source}")?;
+                if *removed > 0 {
+                    write!(f, " ({removed} character(s) removed)")?;
+                }
+                Ok(())
+            }
+            Note::NoContactKey { tried } => write!(f, "no Contact Key: tried {tried}"),
+            Note::Mapping {
+                origin,
+                matched,
+                why,
+            } => write!(
+                f,
+                "mapping ({origin}) {}: {why}",
+                if *matched { "matched" } else { "not matched" }
+            ),
+            Note::Renamed { from, to } => write!(f, "renamed {from} → {to}"),
+            Note::Dropped { key, why } => write!(f, "dropped {key}: {why}"),
+            Note::Collision {
+                column,
+                earlier,
+                later,
+            } => write!(
+                f,
+                "collision on column {column:?}: {later} overrides {earlier} (the later key wins)"
+            ),
+            Note::Context {
+                path,
+                column,
+                outcome,
+            } => write!(f, "context {path} → {column}: {outcome}"),
+            Note::Date { column, from, to } => {
+                write!(f, "date column {column:?}: {from} → {to}")
+            }
+            Note::PrimaryKey {
+                data_extension,
+                keys,
+            } => write!(f, "primary key for {data_extension}: {keys}"),
+        }
+    }
+}
+
+/// Where notes go: nowhere (the fast path) or a list (explain).
+pub struct Trace<'a>(Option<&'a mut Vec<Note>>);
+
+impl<'a> Trace<'a> {
+    pub fn off() -> Self {
+        Trace(None)
+    }
+    pub fn to(notes: &'a mut Vec<Note>) -> Self {
+        Trace(Some(notes))
+    }
+    #[inline]
+    fn note(&mut self, f: impl FnOnce() -> Note) {
+        if let Some(n) = self.0.as_mut() {
+            n.push(f());
+        }
+    }
+    fn on(&self) -> bool {
+        self.0.is_some()
+    }
+}
+
+/// Run the program on one event.
+pub fn transform(program: &Program, event: &Value, trace: &mut Trace) -> Outcome {
+    match run(program, event, trace) {
+        Ok(actions) => Outcome::Actions(actions),
+        Err(o) => o,
+    }
+}
+
+fn rejected(msg: impl Into<String>) -> Outcome {
+    Outcome::Rejected(msg.into())
+}
+
+fn run(p: &Program, event: &Value, tr: &mut Trace) -> Result<Vec<Action>, Outcome> {
+    let Some(obj) = event.as_object() else {
+        return Err(rejected("event is not a JSON object"));
+    };
+    let kind = match obj.get("type") {
+        Some(Value::String(t)) => EventKind::parse(t).ok_or_else(|| {
+            rejected(format!(
+                "unknown event type {t:?} (expected one of {})",
+                EventKind::NAMES
+            ))
+        })?,
+        Some(other) => {
+            return Err(rejected(format!(
+                "\"type\" must be a string, found {other}"
+            )));
+        }
+        None => return Err(rejected("event has no \"type\"")),
+    };
+
+    for (list, filters) in [("skip", &p.skip), ("reject", &p.reject)] {
+        for f in filters {
+            let matched = f.condition.eval(event);
+            tr.note(|| Note::Filter {
+                list,
+                origin: f.origin.clone(),
+                condition: f.condition.describe(),
+                matched,
+            });
+            if matched {
+                return Err(if list == "skip" {
+                    Outcome::Skipped(f.reason.clone())
+                } else {
+                    Outcome::Rejected(f.reason.clone())
+                });
+            }
+        }
+    }
+
+    let name = match kind.name_field() {
+        Some(field) => match obj.get(field) {
+            Some(Value::String(s)) => Some(s.as_str()),
+            None | Some(Value::Null) if kind == EventKind::Track => {
+                return Err(rejected("track event has no \"event\" name"));
+            }
+            None | Some(Value::Null) => None,
+            Some(other) => {
+                return Err(rejected(format!(
+                    "\"{field}\" must be a string, found {other}"
+                )));
+            }
+        },
+        None => None,
+    };
+
+    let mappings: Vec<&Mapping> = p
+        .mappings
+        .iter()
+        .filter(|m| mapping_matches(m, kind, name, event, tr))
+        .collect();
+
+    let identify_builtin = kind == EventKind::Identify
+        && (p.identify.create_contacts || p.identify.data_extension.is_some());
+    if mappings.is_empty() && !identify_builtin {
+        return Err(Outcome::Skipped(match (kind, name) {
+            (EventKind::Track, Some(n)) => format!("no mapping for track event {n:?}"),
+            (EventKind::Identify, _) => {
+                "identify: contact creation is off and no identify data extension is set"
+                    .to_string()
+            }
+            (k, Some(n)) => format!("no mapping for {} event {n:?}", k.name()),
+            (k, None) => format!("{} events are not mapped", k.name()),
+        }));
+    }
+
+    let contact_key = contact_key(p, event, tr)?;
+    let require_ck = |what: &str| -> Result<String, Outcome> {
+        contact_key.clone().ok_or_else(|| {
+            rejected(format!(
+                "{what} needs a Contact Key, but none of {} has a value{}",
+                sources(p),
+                if kind == EventKind::Identify {
+                    " (identify needs a userId or an email trait)"
+                } else {
+                    ""
+                }
+            ))
+        })
+    };
+
+    let data = match obj.get(kind.data_field()) {
+        None | Some(Value::Null) => None,
+        Some(Value::Object(m)) => Some(m),
+        Some(other) => {
+            return Err(rejected(format!(
+                "\"{}\" must be an object, found {}",
+                kind.data_field(),
+                type_name(other)
+            )));
+        }
+    };
+    let mut converted = Map::new();
+    if let Some(d) = data {
+        convert(p, d, "", &mut converted, tr)?;
+    }
+    let mut context: Option<Map<String, Value>> = None;
+    let mut with_context = |tr: &mut Trace| -> Result<Map<String, Value>, Outcome> {
+        if context.is_none() {
+            context = Some(context_values(p, event, &converted, tr)?);
+        }
+        let mut values = converted.clone();
+        for (k, v) in context.as_ref().expect("set above") {
+            values.insert(k.clone(), v.clone());
+        }
+        Ok(values)
+    };
+
+    let mut actions = Vec::new();
+    if kind == EventKind::Identify {
+        let ck = require_ck("identify")?;
+        if p.identify.create_contacts {
+            actions.push(Action::CreateContact {
+                contact_key: ck.clone(),
+            });
+        }
+        if let Some(de) = &p.identify.data_extension {
+            let mut keys = Map::new();
+            keys.insert("Contact Key".to_string(), Value::String(ck.clone()));
+            tr.note(|| Note::PrimaryKey {
+                data_extension: de.clone(),
+                keys: format!("Contact Key = {ck:?}"),
+            });
+            let values = if p.identify.include_context {
+                with_context(tr)?
+            } else {
+                converted.clone()
+            };
+            actions.push(Action::UpsertRow {
+                data_extension: de.clone(),
+                keys,
+                values,
+            });
+        }
+    }
+    for m in mappings {
+        if let Some(de) = &m.data_extension {
+            let values = if m.include_context {
+                with_context(tr)?
+            } else {
+                converted.clone()
+            };
+            let mut keys = Map::new();
+            match &m.primary_key {
+                PrimaryKey::Uuid => match obj.get("messageId") {
+                    Some(Value::String(id)) if !id.trim().is_empty() => {
+                        keys.insert("Uuid".to_string(), Value::String(id.clone()));
+                    }
+                    _ => {
+                        return Err(rejected(format!(
+                            "data extension {de:?} uses the UUID primary key, but the event has no messageId"
+                        )));
+                    }
+                },
+                PrimaryKey::Columns(cols) => {
+                    for col in cols {
+                        if col.eq_ignore_ascii_case("Contact Key") {
+                            let ck = require_ck(&format!(
+                                "primary key \"Contact Key\" of data extension {de:?}"
+                            ))?;
+                            keys.insert(col.clone(), Value::String(ck));
+                            continue;
+                        }
+                        let found = values
+                            .iter()
+                            .find(|(k, _)| k.eq_ignore_ascii_case(col))
+                            .map(|(_, v)| v);
+                        match found {
+                            Some(v @ (Value::String(_) | Value::Number(_) | Value::Bool(_)))
+                                if v.as_str().is_none_or(|s| !s.is_empty()) =>
+                            {
+                                keys.insert(col.clone(), v.clone());
+                            }
+                            _ => {
+                                return Err(rejected(format!(
+                                    "primary key {col:?} of data extension {de:?} has no value: no {} property becomes the column {col:?}",
+                                    kind.name()
+                                )));
+                            }
+                        }
+                    }
+                }
+            }
+            tr.note(|| Note::PrimaryKey {
+                data_extension: de.clone(),
+                keys: keys
+                    .iter()
+                    .map(|(k, v)| format!("{k} = {v}"))
+                    .collect::<Vec<_>>()
+                    .join(", "),
+            });
+            actions.push(Action::UpsertRow {
+                data_extension: de.clone(),
+                keys,
+                values,
+            });
+        }
+        if let Some(def) = &m.api_event {
+            let ck = require_ck(&format!("API event {def:?}"))?;
+            actions.push(Action::ApiEvent {
+                contact_key: ck,
+                definition_key: def.clone(),
+                data: converted.clone(),
+            });
+        }
+    }
+    Ok(actions)
+}
+
+fn mapping_matches(
+    m: &Mapping,
+    kind: EventKind,
+    name: Option<&str>,
+    event: &Value,
+    tr: &mut Trace,
+) -> bool {
+    if m.kind != kind {
+        return false;
+    }
+    if !m.events.is_empty() && !name.is_some_and(|n| m.events.iter().any(|e| e == n)) {
+        tr.note(|| Note::Mapping {
+            origin: m.origin.clone(),
+            matched: false,
+            why: format!(
+                "event name {} is not {}",
+                name.map_or("(none)".to_string(), |n| format!("{n:?}")),
+                m.events.join(" / ")
+            ),
+        });
+        return false;
+    }
+    if let Some(w) = &m.when
+        && !w.eval(event)
+    {
+        tr.note(|| Note::Mapping {
+            origin: m.origin.clone(),
+            matched: false,
+            why: format!("condition false: {}", w.describe()),
+        });
+        return false;
+    }
+    tr.note(|| Note::Mapping {
+        origin: m.origin.clone(),
+        matched: true,
+        why: match (name, &m.when) {
+            (Some(n), None) => format!("{} event {n:?}", kind.name()),
+            (Some(n), Some(w)) => format!("{} event {n:?} and {}", kind.name(), w.describe()),
+            (None, _) => format!("every {} event", kind.name()),
+        },
+    });
+    true
+}
+
+fn sources(p: &Program) -> String {
+    p.identify
+        .contact_key
+        .iter()
+        .map(|k| k.source())
+        .collect::<Vec<_>>()
+        .join(", ")
+}
+
+/// The Contact Key: the first source with a non-empty value, scrubbed.
+fn contact_key(p: &Program, event: &Value, tr: &mut Trace) -> Result<Option<String>, Outcome> {
+    for src in &p.identify.contact_key {
+        let raw = match src.get(event) {
+            Some(Value::String(s)) => s.clone(),
+            Some(Value::Number(n)) => n.to_string(),
+            _ => continue,
+        };
+        let before = raw.chars().count();
+        let key: String = raw
+            .chars()
+            .filter(|c| !p.identify.scrub.contains(c))
+            .collect::<String>()
+            .trim()
+            .to_string();
+        if key.is_empty() {
+            continue;
+        }
+        let len = key.chars().count();
+        if len > p.identify.max_contact_key_length {
+            return Err(rejected(format!(
+                "Contact Key from {} is {len} characters long; SFMC allows at most {}",
+                src.source(),
+                p.identify.max_contact_key_length
+            )));
+        }
+        tr.note(|| Note::ContactKey {
+            source: src.source().to_string(),
+            value: key.clone(),
+            removed: before - len,
+        });
+        return Ok(Some(key));
+    }
+    tr.note(|| Note::NoContactKey { tried: sources(p) });
+    Ok(None)
+}
+
+fn type_name(v: &Value) -> &'static str {
+    match v {
+        Value::Null => "null",
+        Value::Bool(_) => "a boolean",
+        Value::Number(_) => "a number",
+        Value::String(_) => "a string",
+        Value::Array(_) => "an array",
+        Value::Object(_) => "an object",
+    }
+}
+
+/// Convert one object (traits or properties) into columns.
+fn convert(
+    p: &Program,
+    data: &Map<String, Value>,
+    prefix: &str,
+    out: &mut Map<String, Value>,
+    tr: &mut Trace,
+) -> Result<(), Outcome> {
+    for (k, v) in data {
+        let key: std::borrow::Cow<str> = if prefix.is_empty() {
+            k.into()
+        } else {
+            format!("{prefix}.{k}").into()
+        };
+        match v {
+            Value::Null => match p.nulls {
+                Nulls::Drop => {
+                    tr.note(|| Note::Dropped {
+                        key: key.to_string(),
+                        why: "null value".into(),
+                    });
+                    continue;
+                }
+                Nulls::Empty => put(p, &key, Value::String(String::new()), out, tr)?,
+            },
+            Value::Object(m) => match p.nested {
+                Nested::Drop => tr.note(|| Note::Dropped {
+                    key: key.to_string(),
+                    why: "nested object (nested: drop)".into(),
+                }),
+                Nested::Flatten => convert(p, m, &key, out, tr)?,
+            },
+            Value::Array(a) => match p.nested {
+                Nested::Drop => tr.note(|| Note::Dropped {
+                    key: key.to_string(),
+                    why: "array (nested: drop)".into(),
+                }),
+                Nested::Flatten => {
+                    let m: Map<String, Value> = a
+                        .iter()
+                        .enumerate()
+                        .map(|(i, v)| (i.to_string(), v.clone()))
+                        .collect();
+                    convert(p, &m, &key, out, tr)?
+                }
+            },
+            scalar => put(p, &key, scalar.clone(), out, tr)?,
+        }
+    }
+    Ok(())
+}
+
+fn is_date_column(p: &Program, column: &str) -> bool {
+    p.dates.iter().any(|d| d.eq_ignore_ascii_case(column))
+}
+
+fn date_value(p: &Program, column: &str, v: Value, tr: &mut Trace) -> Result<Value, Outcome> {
+    if !is_date_column(p, column) || (v.as_str() == Some("")) {
+        return Ok(v);
+    }
+    match dates::normalize(&v) {
+        Ok(s) => {
+            tr.note(|| Note::Date {
+                column: column.to_string(),
+                from: v.to_string(),
+                to: s.clone(),
+            });
+            Ok(Value::String(s))
+        }
+        Err(e) => Err(rejected(format!("date column {column:?}: {e}"))),
+    }
+}
+
+fn put(
+    p: &Program,
+    key: &str,
+    v: Value,
+    out: &mut Map<String, Value>,
+    tr: &mut Trace,
+) -> Result<(), Outcome> {
+    let column = p.casing.apply(key);
+    if tr.on() && column != key {
+        tr.note(|| Note::Renamed {
+            from: key.to_string(),
+            to: column.to_string(),
+        });
+    }
+    let v = date_value(p, &column, v, tr)?;
+    if tr.on() && out.contains_key(column.as_ref()) {
+        tr.note(|| Note::Collision {
+            column: column.to_string(),
+            earlier: "an earlier key".into(),
+            later: key.to_string(),
+        });
+    }
+    out.insert(column.into_owned(), v);
+    Ok(())
+}
+
+/// The context columns for this event (those not already set by the data).
+fn context_values(
+    p: &Program,
+    event: &Value,
+    data: &Map<String, Value>,
+    tr: &mut Trace,
+) -> Result<Map<String, Value>, Outcome> {
+    let mut out = Map::new();
+    for cc in &p.context_columns {
+        let Some(v) = cc.path.get(event) else {
+            continue;
+        };
+        let outcome = match v {
+            Value::Null => Some("dropped: null value"),
+            Value::Object(_) | Value::Array(_) => Some("dropped: not a single value"),
+            _ if data.keys().any(|k| k.eq_ignore_ascii_case(&cc.column)) => {
+                Some("not used: a trait or property sets this column")
+            }
+            _ => None,
+        };
+        if let Some(o) = outcome {
+            tr.note(|| Note::Context {
+                path: cc.path.source().to_string(),
+                column: cc.column.clone(),
+                outcome: o.to_string(),
+            });
+            continue;
+        }
+        let v = date_value(p, &cc.column, v.clone(), tr)?;
+        tr.note(|| {
+            let mut s = String::new();
+            let _ = write!(s, "set to {v}");
+            Note::Context {
+                path: cc.path.source().to_string(),
+                column: cc.column.clone(),
+                outcome: s,
+            }
+        });
+        out.insert(cc.column.clone(), v);
+    }
+    Ok(out)
+}

@@ -639,7 +639,7 @@ fn row_error_response(st: &SimState, target: &DeTarget, e: RowError) -> Response
 
 /// Validate rows in order; save those before the first bad one; everything from the bad
 /// row on is rejected (and the error does not say which row it was).
-fn process_rows(st: &SimState, target: &DeTarget, rows: &[Value]) -> Result<(), Response> {
+fn process_rows(st: &SimState, target: &DeTarget, rows: &[Value]) -> Result<(), RowError> {
     let ci = st.config().case_insensitive_key_values;
     let mut prepared = Vec::with_capacity(rows.len());
     let mut failure = None;
@@ -660,7 +660,7 @@ fn process_rows(st: &SimState, target: &DeTarget, rows: &[Value]) -> Result<(), 
     st.apply_rows(target, prepared, rejected);
     match failure {
         None => Ok(()),
-        Some(e) => Err(row_error_response(st, target, e)),
+        Some(e) => Err(e),
     }
 }
 
@@ -695,7 +695,7 @@ async fn rowset(State(st): St, Path(spec): Path<String>, body: Bytes) -> Respons
             body,
         )
             .into_response(),
-        Err(resp) => resp,
+        Err(e) => row_error_response(&st, &target, e),
     }
 }
 
@@ -752,7 +752,7 @@ async fn put_row(State(st): St, Path((spec, pk)): Path<(String, String)>, body: 
     let row = json!({"keys": keys, "values": values});
     match process_rows(&st, &target, std::slice::from_ref(&row)) {
         Ok(()) => json_response(StatusCode::OK, row),
-        Err(resp) => resp,
+        Err(e) => row_error_response(&st, &target, e),
     }
 }
 
@@ -847,7 +847,7 @@ async fn events(State(st): St, body: Bytes) -> Response {
         }
     };
     let known = &st.config().api_events;
-    if !known.is_empty() && !known.iter().any(|k| *k == definition) {
+    if !known.is_empty() && !known.contains(&definition) {
         return sfmc_error(
             StatusCode::BAD_REQUEST,
             format!(

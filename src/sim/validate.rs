@@ -119,9 +119,12 @@ fn object_field<'a>(
     }
 }
 
-fn split_row(
-    row: &Value,
-) -> Result<(Option<&Map<String, Value>>, Option<&Map<String, Value>>), RowError> {
+type RowParts<'a> = (
+    Option<&'a Map<String, Value>>,
+    Option<&'a Map<String, Value>>,
+);
+
+fn split_row(row: &Value) -> Result<RowParts<'_>, RowError> {
     let Value::Object(obj) = row else {
         return Err(RowError::Malformed(
             "Each row must be an object of the form {\"keys\":{...},\"values\":{...}}.".into(),

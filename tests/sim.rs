@@ -643,6 +643,16 @@ async fn malformed_bodies_and_limits() {
     let v: Value = resp.json().await.unwrap();
     assert!(v["message"].as_str().unwrap().contains("maximum size"));
 
+    // Known route, wrong method.
+    let resp = client
+        .get(format!("{}/v2/token", sim.base_url()))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(resp.status(), 405);
+    let v: Value = resp.json().await.unwrap();
+    assert!(v["message"].as_str().unwrap().contains("GET"));
+
     // Unknown route.
     let resp = client
         .get(format!("{}/no/such/route", sim.base_url()))
@@ -1042,9 +1052,61 @@ async fn many_rows_quickly() {
             }
         }));
     }
+    let started = std::time::Instant::now();
     for h in handles {
         h.await.unwrap();
     }
+    eprintln!("5000 rows in {:?}", started.elapsed());
     assert_eq!(sim.rows("orders").len(), 4 * 25 * 50);
     assert_eq!(sim.stats().rows_upserted, 5000);
+}
+
+#[tokio::test]
+async fn fault_slow_and_deterministic_seed() {
+    let (sim, client, tok) = setup().await;
+    sim.set_faults(Faults {
+        rate_slow: 1.0,
+        slow_ms: 300,
+        ..Faults::default()
+    });
+    let started = std::time::Instant::now();
+    let (status, _) = rowset(
+        &client,
+        &sim,
+        &tok,
+        "orders",
+        json!([order("o-1", "u-1", json!({}))]),
+    )
+    .await;
+    assert_eq!(status, 200);
+    assert!(started.elapsed() >= Duration::from_millis(300));
+
+    // The same seed gives the same sequence of faults.
+    let mut runs = Vec::new();
+    for _ in 0..2 {
+        sim.set_faults(Faults {
+            seed: 42,
+            rate_500: 0.5,
+            ..Faults::default()
+        });
+        let mut statuses = Vec::new();
+        for i in 0..20 {
+            let (status, _) = rowset(
+                &client,
+                &sim,
+                &tok,
+                "orders",
+                json!([order(&format!("o-{i}"), "u-1", json!({}))]),
+            )
+            .await;
+            statuses.push(status.as_u16());
+        }
+        runs.push(statuses);
+    }
+    assert_eq!(runs[0], runs[1]);
+    assert!(
+        runs[0].contains(&500) && runs[0].contains(&200),
+        "{:?}",
+        runs[0]
+    );
 }

@@ -19,6 +19,8 @@ pub(crate) struct DeSchema {
     pub columns: Vec<(String, ColumnType)>,
     /// Lower-cased column name -> index into `columns`.
     pub by_lower: HashMap<String, usize>,
+    /// Declared column name -> index (fast path without lower-casing).
+    pub by_name: HashMap<String, usize>,
     /// Indexes of primary-key columns, in declared order.
     pub pks: Vec<usize>,
 }
@@ -35,6 +37,11 @@ impl DeSchema {
             .enumerate()
             .map(|(i, (name, _))| (name.to_lowercase(), i))
             .collect();
+        let by_name: HashMap<String, usize> = columns
+            .iter()
+            .enumerate()
+            .map(|(i, (name, _))| (name.clone(), i))
+            .collect();
         let pks = config
             .primary_keys
             .iter()
@@ -45,7 +52,16 @@ impl DeSchema {
             guid: guid_for(key),
             columns,
             by_lower,
+            by_name,
             pks,
+        }
+    }
+
+    /// Column index for a name, case-insensitively.
+    pub fn lookup(&self, name: &str) -> Option<usize> {
+        match self.by_name.get(name) {
+            Some(&i) => Some(i),
+            None => self.by_lower.get(&name.to_lowercase()).copied(),
         }
     }
 
@@ -161,7 +177,7 @@ pub(crate) fn prepare_declared(
     // Resolve the names in `keys` once.
     let resolved_keys: Vec<(Option<usize>, &Value)> = keys
         .iter()
-        .map(|(name, v)| (schema.by_lower.get(&name.to_lowercase()).copied(), v))
+        .map(|(name, v)| (schema.lookup(name), v))
         .collect();
     let mut pk_values: Vec<Option<&Value>> = vec![None; schema.pks.len()];
     for (idx, v) in &resolved_keys {
@@ -195,7 +211,7 @@ pub(crate) fn prepare_declared(
         }
     }
     for (raw, v) in values {
-        let Some(&idx) = schema.by_lower.get(&raw.to_lowercase()) else {
+        let Some(idx) = schema.lookup(raw) else {
             continue;
         };
         existing += 1;

@@ -906,6 +906,31 @@ async fn fault_drop_closes_the_connection() {
     .await;
     assert_eq!(status, 200);
     assert_eq!(sim.stats().faults_injected["drop"], 1);
+
+    // Dropped after handling: the row lands, the client sees no response.
+    sim.set_faults(Faults {
+        rate_drop: 1.0,
+        drop_after_handling: true,
+        ..Faults::default()
+    });
+    let result = client
+        .post(format!(
+            "{}/hub/v1/dataevents/key:orders/rowset",
+            sim.base_url()
+        ))
+        .bearer_auth(&tok)
+        .json(&json!([order("o-2", "u-1", json!({}))]))
+        .send()
+        .await;
+    assert!(
+        result.is_err(),
+        "expected a transport error, got {result:?}"
+    );
+    assert_eq!(sim.rows("orders").len(), 2);
+    assert_eq!(
+        sim.stats().calls["POST /hub/v1/dataevents/{key}/rowset"].by_status["dropped"],
+        2
+    );
 }
 
 #[tokio::test]

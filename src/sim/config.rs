@@ -252,6 +252,9 @@ pub struct Faults {
     pub slow_ms: u64,
     /// Close the connection without any response.
     pub rate_drop: f64,
+    /// Dropped calls are handled first (rows saved, response lost) instead of being
+    /// dropped before anything is saved.
+    pub drop_after_handling: bool,
     /// Above this many REST requests in the current second, answer 429.
     pub max_rps: Option<u32>,
 }
@@ -267,6 +270,7 @@ impl Default for Faults {
             rate_slow: 0.0,
             slow_ms: 0,
             rate_drop: 0.0,
+            drop_after_handling: false,
             max_rps: None,
         }
     }

@@ -412,9 +412,16 @@ async fn gate(State(st): St, req: Request, next: Next) -> Response {
         let de_call = path.starts_with("/hub/");
         let decision = st.roll_faults(de_call);
         let early = match decision {
-            FaultDecision::Drop => {
-                if let Some(ConnectInfo(meta)) = req.extensions().get::<ConnectInfo<ConnMeta>>() {
-                    meta.kill.store(true, Ordering::Relaxed);
+            FaultDecision::Drop { after } => {
+                let kill = req
+                    .extensions()
+                    .get::<ConnectInfo<ConnMeta>>()
+                    .map(|ConnectInfo(meta)| meta.kill.clone());
+                if after && bearer(req.headers()).is_some_and(|t| st.token_valid(t)) {
+                    let _ = next.run(req).await;
+                }
+                if let Some(kill) = kill {
+                    kill.store(true, Ordering::Relaxed);
                 }
                 st.record_call(&endpoint, "dropped");
                 return StatusCode::INTERNAL_SERVER_ERROR.into_response();

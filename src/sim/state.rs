@@ -135,9 +135,17 @@ struct Data {
 /// What the fault RNG decided for one REST call.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub(crate) enum FaultDecision {
-    None { slow: Option<Duration> },
-    Drop,
-    TooManyRequests { retry_after: u64 },
+    None {
+        slow: Option<Duration>,
+    },
+    /// Close the connection without a response; `after` = only after handling the call
+    /// (its rows are saved, the client cannot know).
+    Drop {
+        after: bool,
+    },
+    TooManyRequests {
+        retry_after: u64,
+    },
     ServerError,
     Bare10006,
 }
@@ -296,7 +304,12 @@ impl SimState {
             let draws: [f64; 5] = std::array::from_fn(|_| st.rng.f64());
             let f = &st.faults;
             if draws[0] < f.rate_drop {
-                (FaultDecision::Drop, "drop")
+                (
+                    FaultDecision::Drop {
+                        after: f.drop_after_handling,
+                    },
+                    "drop",
+                )
             } else if f.max_rps.is_some_and(|max| st.window_count > max) {
                 (FaultDecision::TooManyRequests { retry_after: 1 }, "max_rps")
             } else if draws[1] < f.rate_429 {

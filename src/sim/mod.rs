@@ -1,1 +1,34 @@
-//! A strict local SFMC simulator (to be written).
+//! A strict local Salesforce Marketing Cloud over real HTTP.
+//!
+//! One server answers both the auth endpoints (`/v2/token`, `/v1/requestToken`) and the
+//! REST endpoints the relay uses (data extension rowsets and single rows, contacts,
+//! Journey Builder API events), validating requests the way SFMC does (see
+//! `docs/sfmc-api.md`): bearer tokens that expire, declared data extension schemas with
+//! typed columns and primary keys, the 5 MB body limit, the "a bad row poisons the rest of
+//! the batch" behaviour and SFMC's error bodies. Faults (429, 500, transient 10006, slow
+//! answers, dropped connections, a requests-per-second cap) are injected from a seeded RNG.
+//!
+//! Inspection endpoints under `/sim/` (no auth) and methods on [`SimHandle`] /
+//! [`SimState`] show what landed.
+//!
+//! ```no_run
+//! # async fn demo() -> anyhow::Result<()> {
+//! use sfmc_relay::sim::{self, SimConfig};
+//! let handle = sim::start(SimConfig::default(), "127.0.0.1:0".parse()?).await?;
+//! println!("auth at {}/v2/token", handle.base_url());
+//! println!("{}", handle.summary_text());
+//! handle.shutdown().await;
+//! # Ok(()) }
+//! ```
+
+mod config;
+mod server;
+mod state;
+mod validate;
+
+pub use config::{
+    ClientCredentials, ColumnType, DEFAULT_TEXT_LENGTH, DataExtensionConfig, Faults, SimConfig,
+    UnknownDataExtensions,
+};
+pub use server::{SimHandle, serve, start};
+pub use state::{EndpointStats, LogEntry, SimState, SimStats};

@@ -1,0 +1,657 @@
+//! Shared simulator state: tokens, stored rows, contacts, API events, the upsert log,
+//! statistics and the fault RNG. Every lock is a `std::sync::Mutex` held only for short,
+//! synchronous sections (never across an `.await`).
+
+use std::collections::{BTreeMap, HashMap};
+use std::fmt::Write as _;
+use std::sync::{Arc, Mutex, MutexGuard};
+use std::time::{Duration, Instant};
+
+use serde::Serialize;
+use serde_json::{Map, Value, json};
+
+use super::config::{Faults, SimConfig, UnknownDataExtensions};
+use super::validate::{DeSchema, PreparedRow, format_uuid, guid_for};
+
+fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
+    // A panic while holding a lock must not take the whole simulator down.
+    m.lock().unwrap_or_else(|e| e.into_inner())
+}
+
+/// Counters for one endpoint.
+#[derive(Debug, Clone, Default, PartialEq, Serialize)]
+pub struct EndpointStats {
+    pub total: u64,
+    /// HTTP status (as text, `"dropped"` for closed connections) -> count.
+    pub by_status: BTreeMap<String, u64>,
+}
+
+/// Statistics since start (or the last reset).
+#[derive(Debug, Clone, Default, PartialEq, Serialize)]
+pub struct SimStats {
+    /// `"METHOD /route"` -> counters. Inspection routes (`/sim/...`) are not counted.
+    pub calls: BTreeMap<String, EndpointStats>,
+    /// HTTP status -> count over all counted endpoints.
+    pub statuses: BTreeMap<String, u64>,
+    pub tokens_issued: u64,
+    /// Rows accepted (inserted or merged).
+    pub rows_upserted: u64,
+    /// Rows not saved: the first bad row of a request and every row after it.
+    pub rows_rejected: u64,
+    pub contacts_upserted: u64,
+    pub api_events: u64,
+    /// Fault kind (`drop`, `429`, `max_rps`, `500`, `bare_10006`, `slow`) -> count.
+    pub faults_injected: BTreeMap<String, u64>,
+    /// Upserts not recorded in the log because `log_limit` was reached.
+    pub log_dropped: u64,
+}
+
+impl SimStats {
+    /// Total calls recorded for an endpoint label such as
+    /// `"POST /hub/v1/dataevents/{key}/rowset"`.
+    pub fn calls_to(&self, endpoint: &str) -> u64 {
+        self.calls.get(endpoint).map_or(0, |e| e.total)
+    }
+
+    /// Calls answered with `status` (e.g. `"429"`) over all endpoints.
+    pub fn status_count(&self, status: &str) -> u64 {
+        self.statuses.get(status).copied().unwrap_or(0)
+    }
+}
+
+/// One accepted row upsert, in arrival order.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct LogEntry {
+    /// Sequence number, starting at 1.
+    pub seq: u64,
+    /// The data extension key (declared casing, or as first sent for undeclared ones).
+    pub data_extension: String,
+    pub keys: Map<String, Value>,
+    pub values: Map<String, Value>,
+}
+
+#[derive(Debug)]
+pub(crate) struct StoredRow {
+    pub keys: Map<String, Value>,
+    pub values: Map<String, Value>,
+}
+
+#[derive(Debug)]
+pub(crate) struct DeData {
+    pub key: String,
+    pub guid: String,
+    pub rows: Vec<StoredRow>,
+    pub index: HashMap<String, usize>,
+    pub upserts: u64,
+    /// For undeclared data extensions: lower-cased column -> first casing seen.
+    pub canonical: HashMap<String, String>,
+}
+
+impl DeData {
+    fn new(key: &str, guid: String) -> Self {
+        DeData {
+            key: key.to_string(),
+            guid,
+            rows: Vec::new(),
+            index: HashMap::new(),
+            upserts: 0,
+            canonical: HashMap::new(),
+        }
+    }
+
+    fn canonicalize(&mut self, map: Map<String, Value>) -> Map<String, Value> {
+        map.into_iter()
+            .map(|(k, v)| {
+                let canon = self
+                    .canonical
+                    .entry(k.to_lowercase())
+                    .or_insert_with(|| k.clone())
+                    .clone();
+                (canon, v)
+            })
+            .collect()
+    }
+}
+
+#[derive(Debug)]
+struct Contact {
+    key: String,
+    id: u64,
+    attribute_sets: Value,
+}
+
+#[derive(Debug, Default)]
+struct Data {
+    /// Lower-cased DE key -> data, plus first-seen order.
+    des: HashMap<String, DeData>,
+    de_order: Vec<String>,
+    contacts: Vec<Contact>,
+    contact_index: HashMap<String, usize>,
+    events: Vec<Value>,
+    log: Vec<LogEntry>,
+    seq: u64,
+}
+
+/// What the fault RNG decided for one REST call.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum FaultDecision {
+    None {
+        slow: Option<Duration>,
+    },
+    /// Close the connection without a response; `after` = only after handling the call
+    /// (its rows are saved, the client cannot know).
+    Drop {
+        after: bool,
+    },
+    TooManyRequests {
+        retry_after: u64,
+    },
+    ServerError,
+    Bare10006,
+}
+
+struct FaultState {
+    faults: Faults,
+    rng: fastrand::Rng,
+    window_start: Instant,
+    window_count: u32,
+}
+
+impl FaultState {
+    fn new(faults: Faults) -> Self {
+        FaultState {
+            rng: fastrand::Rng::with_seed(faults.seed),
+            faults,
+            window_start: Instant::now(),
+            window_count: 0,
+        }
+    }
+}
+
+/// Resolution of a data extension reference in a URL.
+pub(crate) enum DeTarget {
+    Declared(Arc<DeSchema>),
+    Undeclared(String),
+}
+
+/// The simulator's state. Cheap to share (`Arc<SimState>`).
+pub struct SimState {
+    config: SimConfig,
+    base_url: String,
+    schemas: HashMap<String, Arc<DeSchema>>,
+    schemas_by_guid: HashMap<String, Arc<DeSchema>>,
+    tokens: Mutex<HashMap<String, Instant>>,
+    faults: Mutex<FaultState>,
+    data: Mutex<Data>,
+    stats: Mutex<SimStats>,
+    ids: Mutex<fastrand::Rng>,
+}
+
+impl std::fmt::Debug for SimState {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("SimState")
+            .field("base_url", &self.base_url)
+            .finish_non_exhaustive()
+    }
+}
+
+impl SimState {
+    pub(crate) fn new(config: SimConfig, base_url: String) -> Self {
+        let mut schemas = HashMap::new();
+        let mut schemas_by_guid = HashMap::new();
+        for (key, de) in &config.data_extensions {
+            let schema = Arc::new(DeSchema::compile(key, de));
+            schemas_by_guid.insert(schema.guid.clone(), schema.clone());
+            schemas.insert(key.to_lowercase(), schema);
+        }
+        SimState {
+            faults: Mutex::new(FaultState::new(config.faults.clone())),
+            config,
+            base_url,
+            schemas,
+            schemas_by_guid,
+            tokens: Mutex::new(HashMap::new()),
+            data: Mutex::new(Data::default()),
+            stats: Mutex::new(SimStats::default()),
+            ids: Mutex::new(fastrand::Rng::new()),
+        }
+    }
+
+    /// The configuration the simulator was started with (faults may have been replaced
+    /// since; see [`SimState::faults`]).
+    pub fn config(&self) -> &SimConfig {
+        &self.config
+    }
+
+    /// `http://HOST:PORT` (no trailing slash).
+    pub fn base_url(&self) -> &str {
+        &self.base_url
+    }
+
+    // ----- tokens -------------------------------------------------------------------
+
+    pub(crate) fn credentials_ok(&self, id: &str, secret: &str) -> bool {
+        if id.is_empty() || secret.is_empty() {
+            return false;
+        }
+        self.config.clients.is_empty()
+            || self
+                .config
+                .clients
+                .iter()
+                .any(|c| c.client_id == id && c.client_secret == secret)
+    }
+
+    /// Issue a new access token (as the token endpoints do) and count it.
+    pub fn issue_token(&self) -> String {
+        let token: String = {
+            let mut rng = lock(&self.ids);
+            (0..48).map(|_| rng.alphanumeric()).collect()
+        };
+        let expiry = Instant::now() + Duration::from_secs(self.config.token_lifetime);
+        {
+            let mut tokens = lock(&self.tokens);
+            if tokens.len() > 10_000 {
+                let now = Instant::now();
+                tokens.retain(|_, exp| *exp > now);
+            }
+            tokens.insert(token.clone(), expiry);
+        }
+        lock(&self.stats).tokens_issued += 1;
+        token
+    }
+
+    /// Whether `token` is known and unexpired.
+    pub fn token_valid(&self, token: &str) -> bool {
+        let mut tokens = lock(&self.tokens);
+        match tokens.get(token) {
+            Some(exp) if *exp > Instant::now() => true,
+            Some(_) => {
+                tokens.remove(token);
+                false
+            }
+            None => false,
+        }
+    }
+
+    /// Invalidate every issued token (clients must authenticate again).
+    pub fn revoke_tokens(&self) {
+        lock(&self.tokens).clear();
+    }
+
+    // ----- faults -------------------------------------------------------------------
+
+    /// The current fault settings.
+    pub fn faults(&self) -> Faults {
+        lock(&self.faults).faults.clone()
+    }
+
+    /// Replace the fault settings (the RNG is reseeded from `faults.seed`).
+    pub fn set_faults(&self, faults: Faults) {
+        *lock(&self.faults) = FaultState::new(faults);
+    }
+
+    pub(crate) fn roll_faults(&self, data_extension_call: bool) -> FaultDecision {
+        let decision = {
+            let mut st = lock(&self.faults);
+            let now = Instant::now();
+            if now.duration_since(st.window_start) >= Duration::from_secs(1) {
+                st.window_start = now;
+                st.window_count = 0;
+            }
+            st.window_count = st.window_count.saturating_add(1);
+            // Always draw the same number of values so a run is reproducible per seed.
+            let draws: [f64; 5] = std::array::from_fn(|_| st.rng.f64());
+            let f = &st.faults;
+            if draws[0] < f.rate_drop {
+                (
+                    FaultDecision::Drop {
+                        after: f.drop_after_handling,
+                    },
+                    "drop",
+                )
+            } else if f.max_rps.is_some_and(|max| st.window_count > max) {
+                (FaultDecision::TooManyRequests { retry_after: 1 }, "max_rps")
+            } else if draws[1] < f.rate_429 {
+                (
+                    FaultDecision::TooManyRequests {
+                        retry_after: f.retry_after,
+                    },
+                    "429",
+                )
+            } else if draws[2] < f.rate_500 {
+                (FaultDecision::ServerError, "500")
+            } else if data_extension_call && draws[3] < f.rate_bare_10006 {
+                (FaultDecision::Bare10006, "bare_10006")
+            } else if draws[4] < f.rate_slow && f.slow_ms > 0 {
+                (
+                    FaultDecision::None {
+                        slow: Some(Duration::from_millis(f.slow_ms)),
+                    },
+                    "slow",
+                )
+            } else {
+                (FaultDecision::None { slow: None }, "")
+            }
+        };
+        if !decision.1.is_empty() {
+            *lock(&self.stats)
+                .faults_injected
+                .entry(decision.1.to_string())
+                .or_default() += 1;
+        }
+        decision.0
+    }
+
+    // ----- statistics ---------------------------------------------------------------
+
+    pub(crate) fn record_call(&self, endpoint: &str, status: &str) {
+        let mut stats = lock(&self.stats);
+        if !stats.calls.contains_key(endpoint) {
+            stats
+                .calls
+                .insert(endpoint.to_string(), EndpointStats::default());
+        }
+        let Some(e) = stats.calls.get_mut(endpoint) else {
+            return;
+        };
+        e.total += 1;
+        match e.by_status.get_mut(status) {
+            Some(n) => *n += 1,
+            None => {
+                e.by_status.insert(status.to_string(), 1);
+            }
+        }
+        match stats.statuses.get_mut(status) {
+            Some(n) => *n += 1,
+            None => {
+                stats.statuses.insert(status.to_string(), 1);
+            }
+        }
+    }
+
+    /// A snapshot of the statistics.
+    pub fn stats(&self) -> SimStats {
+        lock(&self.stats).clone()
+    }
+
+    // ----- data extensions ----------------------------------------------------------
+
+    pub(crate) fn resolve_de(&self, spec: &str) -> Result<DeTarget, String> {
+        if let Some(key) = spec
+            .strip_prefix("key:")
+            .or_else(|| spec.strip_prefix("KEY:"))
+        {
+            if let Some(schema) = self.schemas.get(&key.to_lowercase()) {
+                return Ok(DeTarget::Declared(schema.clone()));
+            }
+            if key.is_empty()
+                || self.config.unknown_data_extensions == UnknownDataExtensions::Reject
+            {
+                return Err(format!("Parameter key:{key} is invalid."));
+            }
+            Ok(DeTarget::Undeclared(key.to_string()))
+        } else {
+            if let Some(schema) = self.schemas_by_guid.get(&spec.to_lowercase()) {
+                return Ok(DeTarget::Declared(schema.clone()));
+            }
+            Err(format!("Parameter {spec} is invalid."))
+        }
+    }
+
+    /// The GUID used for a data extension in error messages.
+    pub(crate) fn de_guid(&self, target: &DeTarget) -> String {
+        match target {
+            DeTarget::Declared(s) => s.guid.clone(),
+            DeTarget::Undeclared(key) => guid_for(key),
+        }
+    }
+
+    /// Store prepared rows (in order) and count `rejected` refused rows.
+    pub(crate) fn apply_rows(&self, target: &DeTarget, rows: Vec<PreparedRow>, rejected: u64) {
+        let accepted = rows.len() as u64;
+        if accepted > 0 {
+            let log_limit = self.config.log_limit;
+            let mut log_dropped = 0u64;
+            {
+                let mut data = lock(&self.data);
+                let data = &mut *data;
+                let (lower, key, guid) = match target {
+                    DeTarget::Declared(s) => (s.key.to_lowercase(), s.key.as_str(), s.guid.clone()),
+                    DeTarget::Undeclared(k) => (k.to_lowercase(), k.as_str(), guid_for(k)),
+                };
+                if !data.des.contains_key(&lower) {
+                    data.de_order.push(lower.clone());
+                    data.des.insert(lower.clone(), DeData::new(key, guid));
+                }
+                let Some(de) = data.des.get_mut(&lower) else {
+                    return;
+                };
+                let undeclared = matches!(target, DeTarget::Undeclared(_));
+                for row in rows {
+                    let (keys, values) = if undeclared {
+                        (de.canonicalize(row.keys), de.canonicalize(row.values))
+                    } else {
+                        (row.keys, row.values)
+                    };
+                    if data.log.len() < log_limit {
+                        data.seq += 1;
+                        data.log.push(LogEntry {
+                            seq: data.seq,
+                            data_extension: de.key.clone(),
+                            keys: keys.clone(),
+                            values: values.clone(),
+                        });
+                    } else {
+                        log_dropped += 1;
+                    }
+                    de.upserts += 1;
+                    let existing = row
+                        .identity
+                        .as_ref()
+                        .and_then(|id| de.index.get(id).copied());
+                    match existing {
+                        Some(i) => {
+                            let stored = &mut de.rows[i];
+                            for (k, v) in values {
+                                stored.values.insert(k, v);
+                            }
+                        }
+                        None => {
+                            if let Some(id) = row.identity {
+                                de.index.insert(id, de.rows.len());
+                            }
+                            de.rows.push(StoredRow { keys, values });
+                        }
+                    }
+                }
+            }
+            let mut stats = lock(&self.stats);
+            stats.rows_upserted += accepted;
+            stats.rows_rejected += rejected;
+            stats.log_dropped += log_dropped;
+        } else if rejected > 0 {
+            lock(&self.stats).rows_rejected += rejected;
+        }
+    }
+
+    /// Stored rows of a data extension (key matched case-insensitively), each
+    /// `{"keys":{...},"values":{...}}`, in first-insert order. `None` if the data extension
+    /// is neither declared nor has received rows.
+    pub fn rows_opt(&self, key: &str) -> Option<Vec<Value>> {
+        let lower = key.to_lowercase();
+        let data = lock(&self.data);
+        match data.des.get(&lower) {
+            Some(de) => Some(
+                de.rows
+                    .iter()
+                    .map(|r| json!({"keys": r.keys, "values": r.values}))
+                    .collect(),
+            ),
+            None if self.schemas.contains_key(&lower) => Some(Vec::new()),
+            None => None,
+        }
+    }
+
+    /// Stored rows of a data extension (empty if unknown).
+    pub fn rows(&self, key: &str) -> Vec<Value> {
+        self.rows_opt(key).unwrap_or_default()
+    }
+
+    /// Data extensions that are declared or received rows: (key, GUID, stored row count).
+    pub fn data_extensions(&self) -> Vec<(String, String, usize)> {
+        let data = lock(&self.data);
+        let mut out: Vec<(String, String, usize)> = self
+            .config
+            .data_extensions
+            .keys()
+            .map(|k| {
+                let n = data.des.get(&k.to_lowercase()).map_or(0, |d| d.rows.len());
+                (k.clone(), guid_for(k), n)
+            })
+            .collect();
+        for lower in &data.de_order {
+            if !self.schemas.contains_key(lower) {
+                let de = &data.des[lower];
+                out.push((de.key.clone(), de.guid.clone(), de.rows.len()));
+            }
+        }
+        out
+    }
+
+    /// Every accepted row upsert in arrival order.
+    pub fn log(&self) -> Vec<LogEntry> {
+        lock(&self.data).log.clone()
+    }
+
+    // ----- contacts and events ------------------------------------------------------
+
+    /// Create or update a contact; returns (contactId, isNew).
+    pub(crate) fn upsert_contact(&self, key: &str, attribute_sets: Value) -> (u64, bool) {
+        let result = {
+            let mut data = lock(&self.data);
+            if let Some(&i) = data.contact_index.get(key) {
+                let c = &mut data.contacts[i];
+                c.attribute_sets = attribute_sets;
+                (c.id, false)
+            } else {
+                let id = 10_000_001 + data.contacts.len() as u64;
+                let i = data.contacts.len();
+                data.contacts.push(Contact {
+                    key: key.to_string(),
+                    id,
+                    attribute_sets,
+                });
+                data.contact_index.insert(key.to_string(), i);
+                (id, true)
+            }
+        };
+        lock(&self.stats).contacts_upserted += 1;
+        result
+    }
+
+    /// Contacts in creation order: `{"contactKey","contactId","attributeSets"}`.
+    pub fn contacts(&self) -> Vec<Value> {
+        lock(&self.data)
+            .contacts
+            .iter()
+            .map(|c| json!({"contactKey": c.key, "contactId": c.id, "attributeSets": c.attribute_sets}))
+            .collect()
+    }
+
+    pub(crate) fn new_uuid(&self) -> String {
+        let bits = lock(&self.ids).u128(..);
+        format_uuid(bits)
+    }
+
+    pub(crate) fn record_event(&self, event: Value) {
+        lock(&self.data).events.push(event);
+        lock(&self.stats).api_events += 1;
+    }
+
+    /// API events in arrival order:
+    /// `{"eventInstanceId","ContactKey","EventDefinitionKey","Data"}`.
+    pub fn api_events(&self) -> Vec<Value> {
+        lock(&self.data).events.clone()
+    }
+
+    // ----- lifecycle ----------------------------------------------------------------
+
+    /// Forget rows, contacts, events, the log and statistics; reseed the fault RNG.
+    /// Tokens stay valid.
+    pub fn reset(&self) {
+        *lock(&self.data) = Data::default();
+        *lock(&self.stats) = SimStats::default();
+        let faults = self.faults();
+        self.set_faults(faults);
+    }
+
+    /// A human-readable account of what landed, for the end of a run.
+    pub fn summary_text(&self) -> String {
+        let stats = self.stats();
+        let des = self.data_extensions();
+        let (upserts, n_contacts, events): (HashMap<String, u64>, usize, Vec<Value>) = {
+            let data = lock(&self.data);
+            (
+                data.des
+                    .iter()
+                    .map(|(k, d)| (k.clone(), d.upserts))
+                    .collect(),
+                data.contacts.len(),
+                data.events.clone(),
+            )
+        };
+        let mut out = String::new();
+        let _ = writeln!(out, "SFMC simulator at {}: what landed", self.base_url);
+        let _ = writeln!(out, "Data extensions:");
+        if des.is_empty() {
+            let _ = writeln!(out, "  (none)");
+        }
+        for (key, _guid, rows) in &des {
+            let n = upserts.get(&key.to_lowercase()).copied().unwrap_or(0);
+            let _ = writeln!(out, "  {key}: {rows} rows ({n} upserts)");
+        }
+        let _ = writeln!(out, "Contacts: {n_contacts}");
+        let mut by_def: BTreeMap<String, u64> = BTreeMap::new();
+        for e in &events {
+            let def = e
+                .get("EventDefinitionKey")
+                .and_then(Value::as_str)
+                .unwrap_or("?")
+                .to_string();
+            *by_def.entry(def).or_default() += 1;
+        }
+        let _ = write!(out, "API events: {}", events.len());
+        if !by_def.is_empty() {
+            let parts: Vec<String> = by_def.iter().map(|(k, n)| format!("{k}: {n}")).collect();
+            let _ = write!(out, " ({})", parts.join(", "));
+        }
+        out.push('\n');
+        let _ = writeln!(out, "Calls:");
+        if stats.calls.is_empty() {
+            let _ = writeln!(out, "  (none)");
+        }
+        for (endpoint, e) in &stats.calls {
+            let parts: Vec<String> = e
+                .by_status
+                .iter()
+                .map(|(s, n)| format!("{s}: {n}"))
+                .collect();
+            let _ = writeln!(out, "  {endpoint}: {} ({})", e.total, parts.join(", "));
+        }
+        let _ = writeln!(
+            out,
+            "Tokens issued: {}; rows upserted: {}; rows rejected: {}",
+            stats.tokens_issued, stats.rows_upserted, stats.rows_rejected
+        );
+        if !stats.faults_injected.is_empty() {
+            let parts: Vec<String> = stats
+                .faults_injected
+                .iter()
+                .map(|(k, n)| format!("{k}: {n}"))
+                .collect();
+            let _ = writeln!(out, "Faults injected: {}", parts.join(", "));
+        }
+        out
+    }
+}

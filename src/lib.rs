@@ -2,4 +2,5 @@
 //!
 //! See `docs/architecture.md` for what lives where.
 
+pub mod sfmc;
 pub mod sim;

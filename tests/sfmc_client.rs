@@ -503,7 +503,7 @@ async fn retry_after_429_slows_whole_client() {
     let ca = c.clone();
     let a = tokio::spawn(async move { ca.send(Method::POST, "/a", Bytes::new()).await });
     // Wait until the 429 has been answered, then start an unrelated request.
-    while c.stats().statuses.get(&429).is_none() {
+    while !c.stats().statuses.contains_key(&429) {
         tokio::time::sleep(Duration::from_millis(2)).await;
     }
     let b = c.send(Method::POST, "/b", Bytes::new()).await.unwrap();
@@ -811,5 +811,37 @@ fn stats_serialize() {
     assert_eq!(
         sfmc_relay::sfmc::client::endpoint_pattern("/data/v1/async/abc/status"),
         "async_status"
+    );
+}
+
+#[test]
+fn from_vars_lookup() {
+    let vars: HashMap<&str, &str> = [
+        ("SFMC_SUBDOMAIN", SUB),
+        ("SFMC_AUTH_URL", ""),
+        ("SFMC_REST_URL", " http://127.0.0.1:9001/ "),
+        ("SFMC_CLIENT_ID", "id"),
+        ("SFMC_CLIENT_SECRET", SECRET),
+        ("SFMC_ACCOUNT_ID", ""),
+    ]
+    .into_iter()
+    .collect();
+    let get = |k: &str| vars.get(k).map(|v| v.to_string());
+    let ep = Endpoints::from_vars(get).unwrap();
+    assert_eq!(ep.version, AuthVersion::V2);
+    assert!(
+        ep.auth_url
+            .ends_with(".auth.marketingcloudapis.com/v2/token")
+    );
+    assert_eq!(ep.rest_base, "http://127.0.0.1:9001");
+    let c = Credentials::from_vars(get).unwrap();
+    assert_eq!(c.client_id, "id");
+    assert_eq!(c.client_secret.expose(), SECRET);
+    assert_eq!(c.account_id, None);
+    assert!(Credentials::from_vars(|k| (k == "SFMC_CLIENT_ID").then(|| "id".into())).is_none());
+    let ep = Endpoints::from_vars(|_| None).unwrap();
+    assert_eq!(ep.version, AuthVersion::V1);
+    assert!(
+        Endpoints::from_vars(|k| (k == "SFMC_SUBDOMAIN").then(|| "evil.com/x".into())).is_err()
     );
 }

@@ -63,9 +63,13 @@ impl Credentials {
     /// Read `SFMC_CLIENT_ID`, `SFMC_CLIENT_SECRET` and optional `SFMC_ACCOUNT_ID`.
     /// `None` unless both id and secret are set and non-empty.
     pub fn from_env() -> Option<Credentials> {
+        Credentials::from_vars(|name| std::env::var(name).ok())
+    }
+
+    /// [`Credentials::from_env`] over any variable lookup (values are trimmed; empty = unset).
+    pub fn from_vars(get: impl Fn(&str) -> Option<String>) -> Option<Credentials> {
         let var = |name: &str| {
-            std::env::var(name)
-                .ok()
+            get(name)
                 .map(|v| v.trim().to_string())
                 .filter(|v| !v.is_empty())
         };
@@ -199,9 +203,11 @@ impl TokenCache {
         {
             return Err(err.clone());
         }
+        // Count the lifetime from when the request was sent, to err on the early side.
+        let sent_at = Instant::now();
         match self.fetch().await {
             Ok((token, lifetime)) => {
-                let refresh_at = Instant::now() + lifetime - refresh_margin(lifetime);
+                let refresh_at = sent_at + lifetime - refresh_margin(lifetime);
                 *self.cached.write().unwrap_or_else(|e| e.into_inner()) = Some(Cached {
                     token: token.clone(),
                     refresh_at,

@@ -160,9 +160,13 @@ impl Endpoints {
 
     /// Resolve from `SFMC_SUBDOMAIN`, `SFMC_AUTH_URL`, `SFMC_REST_URL` (empty = unset).
     pub fn from_env() -> Result<Endpoints, ConfigError> {
+        Endpoints::from_vars(|name| std::env::var(name).ok())
+    }
+
+    /// [`Endpoints::from_env`] over any variable lookup (values are trimmed; empty = unset).
+    pub fn from_vars(get: impl Fn(&str) -> Option<String>) -> Result<Endpoints, ConfigError> {
         let var = |name: &str| {
-            std::env::var(name)
-                .ok()
+            get(name)
                 .map(|v| v.trim().to_string())
                 .filter(|v| !v.is_empty())
         };

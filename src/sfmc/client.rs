@@ -218,6 +218,8 @@ impl SfmcClient {
         );
         let http = reqwest::Client::builder()
             .timeout(config.request_timeout)
+            // SFMC does not redirect; never forward credentials or tokens elsewhere.
+            .redirect(reqwest::redirect::Policy::none())
             .user_agent(concat!("sfmc-relay/", env!("CARGO_PKG_VERSION")))
             .build()?;
         let tokens = TokenCache::new(http.clone(), &endpoints, credentials);

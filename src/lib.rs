@@ -7,5 +7,6 @@ pub mod commands;
 pub mod event;
 pub mod golden;
 pub mod rules;
+pub mod sfmc;
 pub mod sim;
 pub mod transform;

@@ -2,6 +2,7 @@
 
 use clap::{Parser, Subcommand};
 use sfmc_relay::commands;
+use sfmc_relay::commands::run::{InputKind, RunError, RunOptions};
 use sfmc_relay::rules::{self, RuleErrors};
 use std::io::{BufReader, Read};
 use std::path::{Path, PathBuf};
@@ -13,6 +14,7 @@ mod exit {
     pub const OK: u8 = 0;
     pub const IO: u8 = 1;
     pub const CONFIG: u8 = 2;
+    pub const DEAD_LETTERS: u8 = 3;
 }
 
 #[derive(Parser)]
@@ -42,12 +44,98 @@ enum Command {
         #[arg(long, value_name = "FILE")]
         input: Option<PathBuf>,
     },
+    /// Deliver events to SFMC (or, without credentials, to the built-in simulator)
+    #[command(after_help = RUN_HELP)]
+    Run {
+        /// Rules directory; default: the embedded default rules
+        #[arg(long, value_name = "DIR")]
+        rules: Option<PathBuf>,
+        /// NDJSON events (one per line, or {"batch":[...]} envelopes); default: stdin
+        #[arg(long, value_name = "FILE")]
+        input: Option<PathBuf>,
+        #[command(flatten)]
+        delivery: DeliveryArgs,
+    },
+    /// Send the events of a dead-letter file again (after fixing the rules or the data extension)
+    Replay {
+        /// Rules directory; default: the embedded default rules
+        #[arg(long, value_name = "DIR")]
+        rules: Option<PathBuf>,
+        /// The dead-letter file written by `run`
+        #[arg(value_name = "DEADLETTER_FILE")]
+        file: PathBuf,
+        #[command(flatten)]
+        delivery: DeliveryArgs,
+    },
+    /// Run the SFMC simulator standalone (a strict local SFMC for tests and demos)
+    Sim {
+        /// Address to listen on
+        #[arg(long, value_name = "ADDR", default_value = "127.0.0.1:9000")]
+        listen: std::net::SocketAddr,
+        /// Simulator config (YAML: token lifetime, data extensions, faults); default: accept everything
+        #[arg(long, value_name = "FILE")]
+        config: Option<PathBuf>,
+    },
 }
+
+#[derive(clap::Args)]
+struct DeliveryArgs {
+    /// Where events that cannot be delivered are written (NDJSON)
+    #[arg(
+        long,
+        value_name = "FILE",
+        default_value = "sfmc-relay.deadletter.ndjson"
+    )]
+    dead_letter: PathBuf,
+    /// Exit with status 3 when any event was dead-lettered
+    #[arg(long)]
+    strict: bool,
+    /// Override the rules' delivery.requests_per_second (0 = unlimited)
+    #[arg(long, value_name = "N")]
+    requests_per_second: Option<u32>,
+    /// No progress line on stderr
+    #[arg(long, short)]
+    quiet: bool,
+}
+
+const RUN_HELP: &str = "\
+Environment:
+  SFMC_CLIENT_ID, SFMC_CLIENT_SECRET  API integration credentials (never printed);
+                                      without both, the built-in simulator is used
+  SFMC_SUBDOMAIN                      tenant subdomain (v2 endpoints); unset: legacy v1
+  SFMC_ACCOUNT_ID                     MID of the business unit (optional)
+  SFMC_AUTH_URL, SFMC_REST_URL        override the base URLs (proxy, sandbox, simulator)
+
+Exit status: 0 done (every event delivered, skipped or dead-lettered), 1 I/O error,
+2 configuration error (rules, environment), 3 with --strict when anything was dead-lettered.";
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
+    tracing_subscriber::fmt()
+        .with_writer(std::io::stderr)
+        .with_env_filter(
+            tracing_subscriber::EnvFilter::try_from_env("RUST_LOG")
+                .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("warn")),
+        )
+        .init();
     match cli.command {
         Command::Transform { rules, input } => transform(rules.as_deref(), input.as_deref()),
+        Command::Run {
+            rules,
+            input,
+            delivery,
+        } => deliver(rules.as_deref(), input, InputKind::Events, delivery),
+        Command::Replay {
+            rules,
+            file,
+            delivery,
+        } => deliver(
+            rules.as_deref(),
+            Some(file),
+            InputKind::DeadLetters,
+            delivery,
+        ),
+        Command::Sim { listen, config } => simulator(listen, config.as_deref()),
     }
 }
 
@@ -97,6 +185,78 @@ fn transform(rules_dir: Option<&Path>, input: Option<&Path>) -> ExitCode {
         Err(e) if e.kind() == std::io::ErrorKind::BrokenPipe => ExitCode::from(exit::OK),
         Err(e) => {
             eprintln!("sfmc-relay: {e}");
+            ExitCode::from(exit::IO)
+        }
+    }
+}
+
+fn runtime() -> tokio::runtime::Runtime {
+    tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+        .expect("tokio runtime")
+}
+
+fn deliver(
+    rules_dir: Option<&Path>,
+    input: Option<PathBuf>,
+    kind: InputKind,
+    args: DeliveryArgs,
+) -> ExitCode {
+    let program = match load_rules(rules_dir) {
+        Ok(l) => Arc::new(l.program),
+        Err(e) => {
+            eprintln!("{e}");
+            return ExitCode::from(exit::CONFIG);
+        }
+    };
+    let opts = RunOptions {
+        input,
+        input_kind: kind,
+        dead_letter: args.dead_letter,
+        requests_per_second: args.requests_per_second,
+        progress: !args.quiet,
+        env: Arc::new(|k: &str| std::env::var(k).ok()),
+    };
+    let result = runtime().block_on(commands::run::run(Arc::new(move || program.clone()), opts));
+    match result {
+        Ok(summary) => {
+            if let Some(report) = &summary.simulator_report {
+                eprintln!("{}", report.trim_end());
+            }
+            eprintln!("{}", summary.render());
+            if args.strict && summary.dead_lettered > 0 {
+                ExitCode::from(exit::DEAD_LETTERS)
+            } else {
+                ExitCode::from(exit::OK)
+            }
+        }
+        Err(RunError::Config(e)) => {
+            eprintln!("sfmc-relay: {e}");
+            ExitCode::from(exit::CONFIG)
+        }
+        Err(RunError::Io(e)) => {
+            eprintln!("sfmc-relay: {e}");
+            ExitCode::from(exit::IO)
+        }
+    }
+}
+
+fn simulator(listen: std::net::SocketAddr, config: Option<&Path>) -> ExitCode {
+    let config = match config {
+        Some(p) => match sfmc_relay::sim::SimConfig::from_file(p) {
+            Ok(c) => c,
+            Err(e) => {
+                eprintln!("sfmc-relay sim: {e:#}");
+                return ExitCode::from(exit::CONFIG);
+            }
+        },
+        None => sfmc_relay::sim::SimConfig::default(),
+    };
+    match runtime().block_on(sfmc_relay::sim::serve(config, listen)) {
+        Ok(()) => ExitCode::from(exit::OK),
+        Err(e) => {
+            eprintln!("sfmc-relay sim: {e:#}");
             ExitCode::from(exit::IO)
         }
     }

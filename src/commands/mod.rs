@@ -1,3 +1,4 @@
 //! The subcommands' bodies (the CLI in `main.rs` only parses flags and calls these).
 
+pub mod run;
 pub mod transform;

@@ -7,8 +7,10 @@
 
 pub mod auth;
 pub mod client;
+pub mod deadletter;
 pub mod endpoints;
 pub mod retry;
+pub mod sink;
 
 pub use auth::{AccessToken, AuthError, Credentials, Secret, TokenCache};
 pub use client::{ClientConfig, ClientStats, SendError, SfmcClient, SfmcResponse};

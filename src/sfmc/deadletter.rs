@@ -1,0 +1,120 @@
+//! The dead-letter file: one NDJSON line per event that could not be delivered.
+//!
+//! Each line holds the original event (or the raw line when it was not JSON), the rule-set
+//! version, the reason, and for delivery failures the SFMC call that failed with SFMC's
+//! status, errorcode and message and the attempt count. `sfmc-relay replay` reads the
+//! `event` field back. Lines are flushed as they are written: a dead letter is data.
+
+use serde::Serialize;
+use serde_json::Value;
+use std::fs::{File, OpenOptions};
+use std::io::{BufWriter, Write};
+use std::path::{Path, PathBuf};
+use std::sync::Mutex;
+
+/// Why an event failed.
+#[derive(Debug, Clone, Serialize, PartialEq)]
+pub struct Failure {
+    pub reason: String,
+    /// The SFMC call that failed (`{"method","path","body"}`), for delivery failures.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub call: Option<Value>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub status: Option<u16>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub errorcode: Option<i64>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub attempts: Option<u32>,
+}
+
+impl Failure {
+    /// A rule (or the input) rejected the event: nothing was sent.
+    pub fn rejected(reason: impl Into<String>) -> Self {
+        Failure {
+            reason: reason.into(),
+            call: None,
+            status: None,
+            errorcode: None,
+            attempts: None,
+        }
+    }
+}
+
+#[derive(Serialize)]
+struct Record<'a> {
+    time: String,
+    rules_version: &'a str,
+    line: u64,
+    outcome: &'static str,
+    #[serde(flatten)]
+    failure: &'a Failure,
+    event: &'a Value,
+}
+
+/// Appends dead letters to a file, created on the first one.
+pub struct DeadLetters {
+    path: PathBuf,
+    out: Mutex<Option<BufWriter<File>>>,
+    written: std::sync::atomic::AtomicU64,
+}
+
+impl DeadLetters {
+    pub fn new(path: &Path) -> Self {
+        DeadLetters {
+            path: path.to_path_buf(),
+            out: Mutex::new(None),
+            written: Default::default(),
+        }
+    }
+
+    pub fn path(&self) -> &Path {
+        &self.path
+    }
+
+    pub fn written(&self) -> u64 {
+        self.written.load(std::sync::atomic::Ordering::Relaxed)
+    }
+
+    /// Append one record. An I/O error here is fatal for the caller: data would be lost.
+    pub fn write(
+        &self,
+        line: u64,
+        rules_version: &str,
+        event: &Value,
+        failure: &Failure,
+    ) -> std::io::Result<()> {
+        let rec = Record {
+            time: chrono::Utc::now().to_rfc3339_opts(chrono::SecondsFormat::Millis, true),
+            rules_version,
+            line,
+            outcome: if failure.call.is_some() {
+                "failed"
+            } else {
+                "rejected"
+            },
+            failure,
+            event,
+        };
+        let mut guard = self.out.lock().unwrap_or_else(|e| e.into_inner());
+        if guard.is_none() {
+            let f = OpenOptions::new()
+                .create(true)
+                .append(true)
+                .open(&self.path)
+                .map_err(|e| {
+                    std::io::Error::new(
+                        e.kind(),
+                        format!("cannot open dead-letter file {}: {e}", self.path.display()),
+                    )
+                })?;
+            *guard = Some(BufWriter::new(f));
+        }
+        let w = guard.as_mut().expect("opened above");
+        serde_json::to_writer(&mut *w, &rec)?;
+        w.write_all(b"\n")?;
+        w.flush()?;
+        self.written
+            .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        Ok(())
+    }
+}

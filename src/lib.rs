@@ -4,6 +4,7 @@
 
 pub mod action;
 pub mod commands;
+pub mod corpus;
 pub mod event;
 pub mod golden;
 pub mod rules;

@@ -67,6 +67,18 @@ enum Command {
         #[command(flatten)]
         delivery: DeliveryArgs,
     },
+    /// Write a seeded benchmark corpus of Segment events (NDJSON) to stdout
+    Corpus {
+        /// Number of events
+        #[arg(long, short = 'n', default_value_t = 100_000)]
+        events: u64,
+        /// Distinct users the events come from (default: events / 50)
+        #[arg(long)]
+        users: Option<u64>,
+        /// RNG seed (same seed, same corpus)
+        #[arg(long, default_value_t = 1)]
+        seed: u64,
+    },
     /// Run the SFMC simulator standalone (a strict local SFMC for tests and demos)
     Sim {
         /// Address to listen on
@@ -136,6 +148,27 @@ fn main() -> ExitCode {
             delivery,
         ),
         Command::Sim { listen, config } => simulator(listen, config.as_deref()),
+        Command::Corpus {
+            events,
+            users,
+            seed,
+        } => {
+            let cfg = sfmc_relay::corpus::CorpusConfig {
+                events,
+                users: users.unwrap_or((events / 50).max(1)),
+                seed,
+            };
+            let stdout = std::io::stdout();
+            let mut out = std::io::BufWriter::with_capacity(256 * 1024, stdout.lock());
+            match sfmc_relay::corpus::write(&cfg, &mut out) {
+                Ok(()) => ExitCode::from(exit::OK),
+                Err(e) if e.kind() == std::io::ErrorKind::BrokenPipe => ExitCode::from(exit::OK),
+                Err(e) => {
+                    eprintln!("sfmc-relay corpus: {e}");
+                    ExitCode::from(exit::IO)
+                }
+            }
+        }
     }
 }
 

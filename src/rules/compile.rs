@@ -834,7 +834,12 @@ fn compile_condition(c: &mut Ctx, s: &Spanned<ConditionSection>) -> Option<Condi
                     &x.referenced,
                     format!(
                         "invalid regular expression {t:?}: {}",
-                        e.to_string().lines().last().unwrap_or_default().trim()
+                        e.to_string()
+                            .lines()
+                            .last()
+                            .unwrap_or_default()
+                            .trim()
+                            .trim_start_matches("error: ")
                     ),
                 );
                 return None;

@@ -99,7 +99,9 @@ impl Casing {
         let styled = self.style.apply(key);
         match self.styled.get(&styled) {
             Some(c) => Cow::Owned(c.clone()),
-            None if styled == key => Cow::Borrowed(key),
+            // A key with no letters or digits (`🎉`, `!!!`) styles to nothing: keep it as
+            // it is rather than send (and collide on) the empty column name.
+            None if styled == key || styled.is_empty() => Cow::Borrowed(key),
             None => Cow::Owned(styled),
         }
     }
@@ -184,6 +186,15 @@ mod tests {
     }
 
     #[test]
+    fn keys_without_letters_or_digits_keep_their_name() {
+        for style in [Style::Title, Style::Snake, Style::Camel, Style::Pascal] {
+            let c = Casing::new(style);
+            assert_eq!(c.apply("🎉"), "🎉", "{style:?}");
+            assert_eq!(c.apply("!!!"), "!!!", "{style:?}");
+        }
+    }
+
+    #[test]
     fn casing_is_idempotent() {
         let mut c = title();
         c.add_override("utm_campaign", "UTM Campaign");
@@ -195,6 +206,7 @@ mod tests {
             "x",
             "Order Id",
             "ÄrgerNis",
+            "🎉",
         ] {
             let once = c.apply(k).into_owned();
             assert_eq!(c.apply(&once), once, "{k}");

@@ -661,6 +661,7 @@ fn compile_mapping(
     if columns.is_empty() {
         columns.push("Contact Key".to_string());
     }
+    let include_context = c.bool(&v.include_context, true);
     let when = v.when.as_ref().and_then(|w| compile_condition(c, w));
     if v.when.is_some() && when.is_none() {
         ok = false;
@@ -712,7 +713,7 @@ fn compile_mapping(
             PrimaryKey::Columns(columns)
         },
         api_event,
-        include_context: c.bool(&v.include_context, true),
+        include_context,
         when,
         origin,
     })
@@ -833,7 +834,12 @@ fn compile_condition(c: &mut Ctx, s: &Spanned<ConditionSection>) -> Option<Condi
                     &x.referenced,
                     format!(
                         "invalid regular expression {t:?}: {}",
-                        e.to_string().lines().last().unwrap_or_default().trim()
+                        e.to_string()
+                            .lines()
+                            .last()
+                            .unwrap_or_default()
+                            .trim()
+                            .trim_start_matches("error: ")
                     ),
                 );
                 return None;

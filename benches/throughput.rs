@@ -50,15 +50,26 @@ fn rate(n: usize, f: impl FnOnce()) -> f64 {
 }
 
 fn main() {
-    let args: Vec<String> = std::env::args().skip(1).filter(|a| !a.starts_with("--")).collect();
+    let args: Vec<String> = std::env::args()
+        .skip(1)
+        .filter(|a| !a.starts_with("--"))
+        .collect();
     let n: u64 = args.first().and_then(|a| a.parse().ok()).unwrap_or(100_000);
     let runs: usize = args.get(1).and_then(|a| a.parse().ok()).unwrap_or(7);
-    let cfg = CorpusConfig { events: n, users: (n / 50).max(1), seed: 1 };
+    let cfg = CorpusConfig {
+        events: n,
+        users: (n / 50).max(1),
+        seed: 1,
+    };
     let lines: Vec<String> = (0..n).map(|i| corpus::event(&cfg, i).to_string()).collect();
     let avg = lines.iter().map(String::len).sum::<usize>() / lines.len();
     let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("examples/ecommerce/rules");
-    let program = rules::load(Some(&dir), &rules::process_env, 1).expect("rules").program;
-    let threads = std::thread::available_parallelism().map(|n| n.get()).unwrap_or(1);
+    let program = rules::load(Some(&dir), &rules::process_env, 1)
+        .expect("rules")
+        .program;
+    let threads = std::thread::available_parallelism()
+        .map(|n| n.get())
+        .unwrap_or(1);
 
     let (mut base, mut one, mut all) = (vec![], vec![], vec![]);
     for _ in 0..runs {
@@ -82,9 +93,21 @@ fn main() {
     let (o, omin, omax) = median_spread(one);
     let (a, amin, amax) = median_spread(all);
     println!("corpus: {n} events, {avg} bytes average, {runs} runs, {threads} threads");
-    println!("baseline parse+serialise, 1 thread: {b:>10.0} events/s (min {bmin:.0}, max {bmax:.0})");
-    println!("transform, 1 thread:                {o:>10.0} events/s (min {omin:.0}, max {omax:.0})");
-    println!("transform, {threads} threads:              {a:>10.0} events/s (min {amin:.0}, max {amax:.0})");
-    println!("ratio transform/baseline (1 thread): {:.2} (target >= 0.7)", o / b);
-    println!("scaling {threads} threads / 1 thread:      {:.2} (target >= 1.7 on 2 cores)", a / o);
+    println!(
+        "baseline parse+serialise, 1 thread: {b:>10.0} events/s (min {bmin:.0}, max {bmax:.0})"
+    );
+    println!(
+        "transform, 1 thread:                {o:>10.0} events/s (min {omin:.0}, max {omax:.0})"
+    );
+    println!(
+        "transform, {threads} threads:              {a:>10.0} events/s (min {amin:.0}, max {amax:.0})"
+    );
+    println!(
+        "ratio transform/baseline (1 thread): {:.2} (target >= 0.7)",
+        o / b
+    );
+    println!(
+        "scaling {threads} threads / 1 thread:      {:.2} (target >= 1.7 on 2 cores)",
+        a / o
+    );
 }

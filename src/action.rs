@@ -59,7 +59,67 @@ pub fn row_json(keys: &Map<String, Value>, values: &Map<String, Value>) -> Value
     json!({"keys": keys, "values": values})
 }
 
+/// A call body borrowed from an [`Action`]: serialises without copying the action.
+#[derive(Serialize)]
+#[serde(untagged)]
+pub enum Body<'a> {
+    Contact {
+        #[serde(rename = "contactKey")]
+        contact_key: &'a str,
+        #[serde(rename = "attributeSets")]
+        attribute_sets: [(); 0],
+    },
+    Rows([RowRef<'a>; 1]),
+    Event {
+        #[serde(rename = "ContactKey")]
+        contact_key: &'a str,
+        #[serde(rename = "EventDefinitionKey")]
+        definition_key: &'a str,
+        #[serde(rename = "Data")]
+        data: &'a Map<String, Value>,
+    },
+}
+
+/// One rowset entry, borrowed.
+#[derive(Serialize)]
+pub struct RowRef<'a> {
+    pub keys: &'a Map<String, Value>,
+    pub values: &'a Map<String, Value>,
+}
+
 impl Action {
+    pub fn method(&self) -> &'static str {
+        "POST"
+    }
+
+    pub fn path(&self) -> std::borrow::Cow<'static, str> {
+        match self {
+            Action::CreateContact { .. } => CONTACTS_PATH.into(),
+            Action::UpsertRow { data_extension, .. } => rowset_path(data_extension).into(),
+            Action::ApiEvent { .. } => EVENTS_PATH.into(),
+        }
+    }
+
+    /// The unbatched call body, borrowed.
+    pub fn body(&self) -> Body<'_> {
+        match self {
+            Action::CreateContact { contact_key } => Body::Contact {
+                contact_key,
+                attribute_sets: [],
+            },
+            Action::UpsertRow { keys, values, .. } => Body::Rows([RowRef { keys, values }]),
+            Action::ApiEvent {
+                contact_key,
+                definition_key,
+                data,
+            } => Body::Event {
+                contact_key,
+                definition_key,
+                data,
+            },
+        }
+    }
+
     /// The call this action makes when sent on its own (unbatched).
     pub fn call(&self) -> Call {
         match self {
@@ -93,6 +153,31 @@ impl Action {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn borrowed_body_matches_call() {
+        let mut m = Map::new();
+        m.insert("A".into(), json!(1));
+        for a in [
+            Action::CreateContact {
+                contact_key: "k".into(),
+            },
+            Action::UpsertRow {
+                data_extension: "d".into(),
+                keys: m.clone(),
+                values: m.clone(),
+            },
+            Action::ApiEvent {
+                contact_key: "k".into(),
+                definition_key: "e".into(),
+                data: m.clone(),
+            },
+        ] {
+            let call = a.call();
+            assert_eq!(serde_json::to_value(a.body()).unwrap(), call.body);
+            assert_eq!(a.path(), call.path);
+        }
+    }
 
     #[test]
     fn paths() {

@@ -14,8 +14,12 @@ pub struct CorpusConfig {
     pub seed: u64,
 }
 
-const FIRST: [&str; 8] = ["Ada", "Grace", "Alan", "Edsger", "Barbara", "Donald", "Frances", "Ken"];
-const LAST: [&str; 8] = ["Lovelace", "Hopper", "Turing", "Dijkstra", "Liskov", "Knuth", "Allen", "Thompson"];
+const FIRST: [&str; 8] = [
+    "Ada", "Grace", "Alan", "Edsger", "Barbara", "Donald", "Frances", "Ken",
+];
+const LAST: [&str; 8] = [
+    "Lovelace", "Hopper", "Turing", "Dijkstra", "Liskov", "Knuth", "Allen", "Thompson",
+];
 const CITIES: [&str; 6] = ["London", "Paris", "Berlin", "Lisbon", "Oslo", "Rome"];
 const PRODUCTS: [&str; 6] = ["Lamp", "Chair", "Desk", "Mug", "Poster", "Rug"];
 const CAMPAIGNS: [&str; 4] = ["spring_sale", "newsletter", "retargeting", "launch"];
@@ -25,7 +29,12 @@ pub fn event(cfg: &CorpusConfig, i: u64) -> Value {
     let mut rng = fastrand::Rng::with_seed(cfg.seed ^ i.wrapping_mul(0x9E37_79B9_7F4A_7C15));
     let user = rng.u64(0..cfg.users.max(1));
     let user_id = format!("user-{user:08}");
-    let email = format!("{}.{}{}@example.com", FIRST[(user % 8) as usize].to_lowercase(), LAST[(user / 8 % 8) as usize].to_lowercase(), user);
+    let email = format!(
+        "{}.{}{}@example.com",
+        FIRST[(user % 8) as usize].to_lowercase(),
+        LAST[(user / 8 % 8) as usize].to_lowercase(),
+        user
+    );
     let ts = 1_714_560_000_000i64 + (i as i64) * 137;
     let timestamp = chrono::DateTime::from_timestamp_millis(ts)
         .map(|d| d.to_rfc3339_opts(chrono::SecondsFormat::Millis, true))
@@ -54,7 +63,7 @@ pub fn event(cfg: &CorpusConfig, i: u64) -> Value {
                 "email": email,
                 "firstName": FIRST[(user % 8) as usize],
                 "lastName": LAST[(user / 8 % 8) as usize],
-                "plan": if user % 3 == 0 { "pro" } else { "free" },
+                "plan": if user.is_multiple_of(3) { "pro" } else { "free" },
                 "logins": rng.u32(1..500),
                 "createdAt": "2023-03-04T10:11:12.000Z",
                 "address": {"street": "1 Main St", "city": CITIES[(user % 6) as usize], "postalCode": "N1 9GU", "country": "GB"}
@@ -77,7 +86,7 @@ pub fn event(cfg: &CorpusConfig, i: u64) -> Value {
                 "event": "Order Completed",
                 "messageId": message_id,
                 "userId": user_id,
-                "properties": {"order_id": format!("o-{i:010}"), "revenue": 42.5 + (i % 100) as f64, "currency": "EUR", "coupon": if i % 5 == 0 { Value::Null } else { json!("SPRING") }, "products": products},
+                "properties": {"order_id": format!("o-{i:010}"), "revenue": 42.5 + (i % 100) as f64, "currency": "EUR", "coupon": if i.is_multiple_of(5) { Value::Null } else { json!("SPRING") }, "products": products},
                 "context": context,
                 "timestamp": timestamp,
                 "sentAt": timestamp

@@ -18,10 +18,14 @@ pub fn parse_line(text: &str, line_no: u64) -> Line {
     }
     match serde_json::from_str::<Value>(t) {
         Ok(Value::Object(mut obj)) => {
-            if !obj.contains_key("type")
-                && let Some(Value::Array(batch)) = obj.remove("batch")
-            {
-                return Line::Events(batch);
+            if !obj.contains_key("type") && obj.contains_key("batch") {
+                return match obj.remove("batch") {
+                    Some(Value::Array(batch)) => Line::Events(batch),
+                    _ => Line::Invalid(format!(
+                        "line {}: \"batch\" must be an array of events",
+                        line_no + 1
+                    )),
+                };
             }
             Line::Events(vec![Value::Object(obj)])
         }

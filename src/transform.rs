@@ -243,7 +243,12 @@ fn run(p: &Program, event: &Value, tr: &mut Trace) -> Result<Vec<Action>, Outcom
             rejected(format!(
                 "{what} needs a Contact Key, but none of {} has a value{}",
                 sources(p),
-                if kind == EventKind::Identify {
+                if kind == EventKind::Identify
+                    && p.identify
+                        .contact_key
+                        .iter()
+                        .any(|k| k.source() == "userId")
+                {
                     " (identify needs a userId or an email trait)"
                 } else {
                     ""
@@ -267,16 +272,42 @@ fn run(p: &Program, event: &Value, tr: &mut Trace) -> Result<Vec<Action>, Outcom
     if let Some(d) = data {
         convert(p, d, "", &mut converted, tr)?;
     }
-    let mut context: Option<Map<String, Value>> = None;
-    let mut with_context = |tr: &mut Trace| -> Result<Map<String, Value>, Outcome> {
-        if context.is_none() {
-            context = Some(context_values(p, event, &converted, tr)?);
+
+    // Who consumes the converted data: move it into the last consumer instead of
+    // cloning (usually there is exactly one).
+    let identify_de = kind == EventKind::Identify && p.identify.data_extension.is_some();
+    let ctx_uses = usize::from(identify_de && p.identify.include_context)
+        + mappings
+            .iter()
+            .filter(|m| m.data_extension.is_some() && m.include_context)
+            .count();
+    let mut uses = usize::from(identify_de)
+        + mappings
+            .iter()
+            .map(|m| usize::from(m.data_extension.is_some()) + usize::from(m.api_event.is_some()))
+            .sum::<usize>();
+    let mut context = if ctx_uses > 0 {
+        context_values(p, event, &converted, tr)?
+    } else {
+        Map::new()
+    };
+    let mut ctx_left = ctx_uses;
+    let mut next_values = |with_context: bool| -> Map<String, Value> {
+        uses -= 1;
+        let mut v = if uses == 0 {
+            std::mem::take(&mut converted)
+        } else {
+            converted.clone()
+        };
+        if with_context {
+            ctx_left -= 1;
+            if ctx_left == 0 {
+                v.extend(std::mem::take(&mut context));
+            } else {
+                v.extend(context.iter().map(|(k, x)| (k.clone(), x.clone())));
+            }
         }
-        let mut values = converted.clone();
-        for (k, v) in context.as_ref().expect("set above") {
-            values.insert(k.clone(), v.clone());
-        }
-        Ok(values)
+        v
     };
 
     let mut actions = Vec::new();
@@ -294,11 +325,7 @@ fn run(p: &Program, event: &Value, tr: &mut Trace) -> Result<Vec<Action>, Outcom
                 data_extension: de.clone(),
                 keys: format!("Contact Key = {ck:?}"),
             });
-            let values = if p.identify.include_context {
-                with_context(tr)?
-            } else {
-                converted.clone()
-            };
+            let values = next_values(p.identify.include_context);
             actions.push(Action::UpsertRow {
                 data_extension: de.clone(),
                 keys,
@@ -308,11 +335,7 @@ fn run(p: &Program, event: &Value, tr: &mut Trace) -> Result<Vec<Action>, Outcom
     }
     for m in mappings {
         if let Some(de) = &m.data_extension {
-            let values = if m.include_context {
-                with_context(tr)?
-            } else {
-                converted.clone()
-            };
+            let values = next_values(m.include_context);
             let mut keys = Map::new();
             match &m.primary_key {
                 PrimaryKey::Uuid => match obj.get("messageId") {
@@ -373,7 +396,7 @@ fn run(p: &Program, event: &Value, tr: &mut Trace) -> Result<Vec<Action>, Outcom
             actions.push(Action::ApiEvent {
                 contact_key: ck,
                 definition_key: def.clone(),
-                data: converted.clone(),
+                data: next_values(false),
             });
         }
     }

@@ -1,10 +1,10 @@
 //! `sfmc-relay transform`: events in, the SFMC calls they cause out (NDJSON, unbatched).
 
+use crate::action::Body;
 use crate::event::{Line, parse_line};
 use crate::rules::Program;
 use crate::transform::{Outcome, Trace, transform};
 use serde::Serialize;
-use serde_json::Value;
 use std::io::{BufRead, BufReader, Read, Write};
 use std::sync::Arc;
 
@@ -13,7 +13,7 @@ struct CallLine<'a> {
     event: u64,
     method: &'a str,
     path: &'a str,
-    body: &'a Value,
+    body: Body<'a>,
 }
 
 #[derive(Serialize)]
@@ -43,14 +43,13 @@ pub fn write_outcome(
     match outcome {
         Outcome::Actions(actions) => {
             for a in actions {
-                let call = a.call();
                 serde_json::to_writer(
                     &mut *out,
                     &CallLine {
                         event: line_no,
-                        method: call.method,
-                        path: &call.path,
-                        body: &call.body,
+                        method: a.method(),
+                        path: &a.path(),
+                        body: a.body(),
                     },
                 )?;
                 out.write_all(b"\n")?;

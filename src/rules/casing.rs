@@ -51,6 +51,8 @@ impl Style {
 /// `UTM Campaign`.
 #[derive(Debug, Clone)]
 pub struct Casing {
+    /// Identifies this table's content for the per-thread memo (new id on every change).
+    id: u64,
     style: Style,
     /// Exact source key -> column.
     exact: HashMap<String, String>,
@@ -61,6 +63,7 @@ pub struct Casing {
 impl Casing {
     pub fn new(style: Style) -> Self {
         Casing {
+            id: next_id(),
             style,
             exact: HashMap::new(),
             styled: HashMap::new(),
@@ -85,11 +88,43 @@ impl Casing {
             .insert(self.style.apply(key), column.to_string());
         self.styled
             .insert(self.style.apply(column), column.to_string());
+        self.id = next_id();
         previous
     }
 
     /// The column name for `key`.
+    ///
+    /// Memoised per thread: real traffic repeats the same few hundred keys, and heck's
+    /// casing allocates and scans each time (measured: the largest cost of a transform).
     pub fn apply<'a>(&self, key: &'a str) -> Cow<'a, str> {
+        if self.style == Style::None && self.exact.is_empty() {
+            return Cow::Borrowed(key);
+        }
+        MEMO.with(|m| {
+            let mut m = m.borrow_mut();
+            if m.0 != self.id {
+                m.0 = self.id;
+                m.1.clear();
+            }
+            if let Some(c) = m.1.get(key) {
+                return match c {
+                    None => Cow::Borrowed(key),
+                    Some(c) => Cow::Owned(c.clone()),
+                };
+            }
+            let computed = self.compute(key);
+            if m.1.len() < MEMO_CAP {
+                let stored = match &computed {
+                    Cow::Borrowed(_) => None,
+                    Cow::Owned(c) => Some(c.clone()),
+                };
+                m.1.insert(key.to_string(), stored);
+            }
+            computed
+        })
+    }
+
+    fn compute<'a>(&self, key: &'a str) -> Cow<'a, str> {
         if let Some(c) = self.exact.get(key) {
             return Cow::Owned(c.clone());
         }
@@ -105,6 +140,20 @@ impl Casing {
             None => Cow::Owned(styled),
         }
     }
+}
+
+/// Keys remembered per thread (bounded: a stream of unique keys must not grow memory).
+const MEMO_CAP: usize = 20_000;
+
+thread_local! {
+    /// (casing id, key -> column; `None` = the key itself)
+    static MEMO: std::cell::RefCell<(u64, HashMap<String, Option<String>>)> =
+        std::cell::RefCell::new((0, HashMap::new()));
+}
+
+fn next_id() -> u64 {
+    static NEXT: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(1);
+    NEXT.fetch_add(1, std::sync::atomic::Ordering::Relaxed)
 }
 
 #[cfg(test)]

@@ -1,3 +1,6 @@
 //! The subcommands' bodies (the CLI in `main.rs` only parses flags and calls these).
 
+pub mod check;
+pub mod explain;
+pub mod test;
 pub mod transform;

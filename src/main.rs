@@ -107,7 +107,9 @@ fn main() -> ExitCode {
 
 fn check(rules_dir: Option<&Path>, format: Format) -> ExitCode {
     let report = commands::check::check(rules_dir, &rules::process_env);
-    let what = rules_dir.map_or(rules::EMBEDDED_NAME.to_string(), |d| d.display().to_string());
+    let what = rules_dir.map_or(rules::EMBEDDED_NAME.to_string(), |d| {
+        d.display().to_string()
+    });
     let mut out = std::io::stdout().lock();
     let printed = match format {
         Format::Human => commands::check::print_human(&mut out, &report, &what),

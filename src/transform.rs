@@ -164,13 +164,18 @@ impl<'a> Trace<'a> {
     /// renamed to it, the winner of an earlier collision on it, or else the column itself
     /// (a key that needed no renaming).
     fn last_writer(&self, column: &str) -> String {
-        let notes = self.notes.as_deref().map_or(&[][..], |n| &n[self.start.min(n.len())..]);
+        let notes = self
+            .notes
+            .as_deref()
+            .map_or(&[][..], |n| &n[self.start.min(n.len())..]);
         notes
             .iter()
             .rev()
             .find_map(|n| match n {
                 Note::Renamed { from, to } if to == column => Some(from.clone()),
-                Note::Collision { column: c, later, .. } if c == column => Some(later.clone()),
+                Note::Collision {
+                    column: c, later, ..
+                } if c == column => Some(later.clone()),
                 _ => None,
             })
             .unwrap_or_else(|| column.to_string())

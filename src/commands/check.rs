@@ -65,7 +65,7 @@ pub fn check(dir: Option<&Path>, env: rules::EnvLookup) -> CheckReport {
     };
     let names = files.iter().map(|f| f.name.clone()).collect();
     let version = Some(format!("r1-{}", rules::content_hash(&files)));
-    let diags = match rules::compile_sources(&files, env, 1) {
+    let mut diags = match rules::compile_sources(&files, env, 1) {
         Ok(loaded) => {
             let mut d = loaded.warnings;
             d.extend(lint::lint(&files, &loaded.program));
@@ -73,6 +73,9 @@ pub fn check(dir: Option<&Path>, env: rules::EnvLookup) -> CheckReport {
         }
         Err(e) => e.0,
     };
+    // In file order (files are loaded sorted by name), then by position.
+    let order = |d: &Diagnostic| files.iter().position(|f| f.name == d.file);
+    diags.sort_by_key(|d| (order(d), d.line, d.column));
     let pick = |s: Severity| {
         diags
             .iter()
@@ -91,11 +94,7 @@ pub fn check(dir: Option<&Path>, env: rules::EnvLookup) -> CheckReport {
 }
 
 /// Print the report for people: every diagnostic, then one summary line.
-pub fn print_human(
-    out: &mut dyn Write,
-    report: &CheckReport,
-    what: &str,
-) -> std::io::Result<()> {
+pub fn print_human(out: &mut dyn Write, report: &CheckReport, what: &str) -> std::io::Result<()> {
     for e in report.errors.iter().chain(&report.warnings) {
         writeln!(out, "{}\n", e.rendered)?;
     }

@@ -99,7 +99,16 @@ pub fn explain_one(
                 data_extension,
                 keys,
             } => format!("{data_extension}: {keys}"),
-            other => other.to_string(),
+            other => {
+                let t = other.to_string();
+                let section = section(other);
+                match t.get(..section.len()) {
+                    Some(head) if head.eq_ignore_ascii_case(section) => {
+                        t[section.len()..].trim_start().to_string()
+                    }
+                    _ => t,
+                }
+            }
         };
         writeln!(out, "  {:<12} {text}", format!("{}:", section(n)))?;
     }

@@ -21,7 +21,9 @@ pub fn run(
     for c in &report.cases {
         match &c.outcome {
             CaseOutcome::Passed => writeln!(out, "PASS {}", c.name)?,
-            CaseOutcome::Updated => writeln!(out, "UPDATED {} (expected.ndjson rewritten)", c.name)?,
+            CaseOutcome::Updated => {
+                writeln!(out, "UPDATED {} (expected.ndjson rewritten)", c.name)?
+            }
             CaseOutcome::Failed(diff) => {
                 writeln!(out, "FAIL {}", c.name)?;
                 for line in diff.lines() {
@@ -43,6 +45,11 @@ pub fn run(
             cases_dir.display()
         )?;
     }
-    writeln!(out, "{} passed, {} failed", report.passed(), report.failed())?;
+    writeln!(
+        out,
+        "{} passed, {} failed",
+        report.passed(),
+        report.failed()
+    )?;
     Ok(report.failed() == 0 && !report.cases.is_empty())
 }

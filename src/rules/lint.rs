@@ -81,7 +81,11 @@ fn decided(c: &Condition, probe: &Value, kind: EventKind) -> Option<bool> {
     }
 }
 
-fn blocking_filter<'p>(p: &'p Program, kind: EventKind, name: Option<&str>) -> Option<(&'static str, &'p Filter)> {
+fn blocking_filter<'p>(
+    p: &'p Program,
+    kind: EventKind,
+    name: Option<&str>,
+) -> Option<(&'static str, &'p Filter)> {
     let mut probe = Map::new();
     probe.insert("type".into(), Value::String(kind.name().into()));
     if let (Some(field), Some(n)) = (kind.name_field(), name) {
@@ -145,8 +149,7 @@ fn unfillable_key(files: &[SourceFile], p: &Program, m: &Mapping, out: &mut Vec<
             continue;
         }
         if m.include_context
-            && p
-                .context_columns
+            && p.context_columns
                 .iter()
                 .any(|c| c.column.eq_ignore_ascii_case(col))
         {
@@ -177,7 +180,11 @@ fn colliding_overrides(files: &[SourceFile], out: &mut Vec<Diagnostic>) {
         let Ok(Some(file)) = serde_saphyr::from_str::<Option<RuleFile>>(&src.text) else {
             continue;
         };
-        let Some(ov) = file.casing.as_ref().and_then(|c| c.value.overrides.as_ref()) else {
+        let Some(ov) = file
+            .casing
+            .as_ref()
+            .and_then(|c| c.value.overrides.as_ref())
+        else {
             continue;
         };
         let mut seen: Vec<(&str, &str, String)> = Vec::new();

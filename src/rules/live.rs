@@ -130,8 +130,9 @@ struct Shared {
     counter: AtomicU64,
     reloads: AtomicU64,
     failures: AtomicU64,
-    /// Content hash of the last reload attempt that failed, if the last attempt failed.
-    last_failed: Mutex<Option<String>>,
+    /// Content hash and errors of the last reload attempt, if it failed (a file change that
+    /// leaves the same broken files is not reported twice).
+    last_failed: Mutex<Option<(String, RuleErrors)>>,
     events: broadcast::Sender<ReloadEvent>,
 }
 
@@ -476,6 +477,17 @@ impl Shared {
                     ReloadEvent::Unchanged {
                         version: previous.version.clone(),
                     }
+                } else if let Some((_, errors)) = self
+                    .last_failed
+                    .lock()
+                    .unwrap_or_else(|e| e.into_inner())
+                    .as_ref()
+                    .filter(|(h, _)| cause == Cause::Change && *h == hash)
+                {
+                    ReloadEvent::Failed {
+                        errors: errors.clone(),
+                        kept: previous.version.clone(),
+                    }
                 } else {
                     let n = self.counter.load(Ordering::Relaxed) + 1;
                     match super::compile_sources(&files, &*self.opts.env, n) {
@@ -516,7 +528,7 @@ impl Shared {
     fn failed(&self, errors: RuleErrors, kept: &Program, hash: Option<String>) -> ReloadEvent {
         self.failures.fetch_add(1, Ordering::Relaxed);
         *self.last_failed.lock().unwrap_or_else(|e| e.into_inner()) =
-            Some(hash.unwrap_or_default());
+            Some((hash.unwrap_or_default(), errors.clone()));
         self.log_error(&format!(
             "rules: reload failed; keeping {} (fix the files and save again)\n{errors}",
             kept.version
@@ -598,7 +610,11 @@ mod tests {
         let live = LiveRules::start_with(opts).unwrap();
         let v1 = live.version();
         assert!(v1.starts_with("r1-"), "{v1}");
-        assert_eq!(live.reload_now().unwrap(), v1, "unchanged files: same version");
+        assert_eq!(
+            live.reload_now().unwrap(),
+            v1,
+            "unchanged files: same version"
+        );
 
         write(dir.path(), "track:\n  - event: A\n    data_extensio: two\n");
         let err = live.reload_now().unwrap_err();
@@ -612,7 +628,10 @@ mod tests {
         );
         let v2 = live.reload_now().unwrap();
         assert!(v2.starts_with("r2-"), "{v2}");
-        assert_eq!(live.current().mappings[0].data_extension.as_deref(), Some("two"));
+        assert_eq!(
+            live.current().mappings[0].data_extension.as_deref(),
+            Some("two")
+        );
         assert_eq!(live.reloads(), 1);
     }
 }

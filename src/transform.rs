@@ -658,3 +658,47 @@ fn context_values(
     }
     Ok(out)
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::rules::{self, SourceFile};
+    use serde_json::json;
+
+    #[test]
+    fn collisions_name_the_earlier_key() {
+        let files = [SourceFile {
+            name: "r.yaml".into(),
+            text: "track:\n  - event: E\n    data_extension: d\n".into(),
+        }];
+        let p = rules::compile_sources(&files, &|_| None, 1)
+            .unwrap()
+            .program;
+        let ev = json!({"type":"track","event":"E","userId":"u",
+            "properties":{"Order Id":1,"orderId":2,"order_id":3}});
+        let mut notes = vec![Note::Renamed {
+            from: "stale".into(),
+            to: "Order Id".into(),
+        }];
+        transform(&p, &ev, &mut Trace::to(&mut notes));
+        let pairs: Vec<(String, String)> = notes
+            .iter()
+            .filter_map(|n| match n {
+                Note::Collision { earlier, later, .. } => Some((earlier.clone(), later.clone())),
+                _ => None,
+            })
+            .collect();
+        assert_eq!(
+            pairs,
+            [
+                ("Order Id".to_string(), "orderId".to_string()),
+                ("orderId".to_string(), "order_id".to_string())
+            ]
+        );
+        // The fast path records nothing.
+        assert!(matches!(
+            transform(&p, &ev, &mut Trace::off()),
+            Outcome::Actions(_)
+        ));
+    }
+}

@@ -219,3 +219,61 @@ fn colliding_overrides(files: &[SourceFile], out: &mut Vec<Diagnostic>) {
         }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn lint_text(text: &str) -> Vec<String> {
+        let files = [SourceFile {
+            name: "r.yaml".into(),
+            text: text.into(),
+        }];
+        let p = super::super::compile_sources(&files, &|_| None, 1)
+            .unwrap()
+            .program;
+        lint(&files, &p).into_iter().map(|d| d.headline()).collect()
+    }
+
+    #[test]
+    fn filters_that_always_drop_a_mapping() {
+        let base = "track:\n  - event: A\n    data_extension: a\n  - type: page\n    data_extension: p\n    uuid_primary_key: true\n";
+        for (filter, hits) in [
+            ("{ path: event, not_equals: B }", vec!["r.yaml:2:5"]),
+            ("{ path: $.event, matches: \"^A$\" }", vec!["r.yaml:2:5"]),
+            ("{ path: type, equals: page }", vec!["r.yaml:4:5"]),
+            (
+                "{ any: [{ path: event, equals: A }, { path: userId, exists: false }] }",
+                vec!["r.yaml:2:5"],
+            ),
+            (
+                "{ all: [{ path: event, equals: A }, { path: userId, exists: false }] }",
+                vec![],
+            ),
+            ("{ not: { path: event, not_in: [A] } }", vec!["r.yaml:2:5"]),
+            ("{ path: event, equals: B }", vec![]),
+        ] {
+            let w = lint_text(&format!("{base}reject:\n  - when: {filter}\n"));
+            let at: Vec<&str> = w.iter().map(|h| &h[..10]).collect();
+            assert_eq!(at, hits, "{filter}: {w:?}");
+        }
+    }
+
+    #[test]
+    fn primary_keys_the_casing_can_fill() {
+        let rules = |style: &str, pk: &str| {
+            format!(
+                "casing: {{ style: {style} }}\ntrack:\n  - event: A\n    data_extension: a\n    primary_key: {pk}\n"
+            )
+        };
+        assert!(lint_text(&rules("title", "Order Id, Contact Key")).is_empty());
+        assert!(
+            lint_text(&rules("title", "App Name")).is_empty(),
+            "a context column"
+        );
+        assert_eq!(lint_text(&rules("title", "order_id")).len(), 1);
+        assert!(lint_text(&rules("snake", "order_id")).is_empty());
+        assert_eq!(lint_text(&rules("snake", "Order Id")).len(), 1);
+        assert!(lint_text(&rules("none", "whatever")).is_empty());
+    }
+}

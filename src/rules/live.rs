@@ -585,6 +585,12 @@ mod tests {
     use super::*;
 
     #[test]
+    fn shareable_across_threads_and_tasks() {
+        fn send_sync<T: Send + Sync + Clone + 'static>() {}
+        send_sync::<LiveRules>();
+    }
+
+    #[test]
     fn temp_names_are_ignored() {
         assert!(ignored_name(Path::new("/r/rules.yaml~")));
         assert!(ignored_name(Path::new("/r/.rules.yaml.swp")));
@@ -608,6 +614,7 @@ mod tests {
         opts.sighup = false;
         opts.log = Log::Off;
         let live = LiveRules::start_with(opts).unwrap();
+        let mut events = live.subscribe();
         let v1 = live.version();
         assert!(v1.starts_with("r1-"), "{v1}");
         assert_eq!(
@@ -633,5 +640,13 @@ mod tests {
             Some("two")
         );
         assert_eq!(live.reloads(), 1);
+        let kinds: Vec<&str> = std::iter::from_fn(|| events.try_recv().ok())
+            .map(|e| match e {
+                ReloadEvent::Unchanged { .. } => "unchanged",
+                ReloadEvent::Failed { .. } => "failed",
+                ReloadEvent::Reloaded { .. } => "reloaded",
+            })
+            .collect();
+        assert_eq!(kinds, ["unchanged", "failed", "reloaded"]);
     }
 }

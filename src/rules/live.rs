@@ -207,7 +207,11 @@ impl LiveRules {
             Some(dir) if shared.opts.watch || shared.opts.sighup => {
                 let (tx, rx) = mpsc::channel();
                 let watcher = if shared.opts.watch {
-                    start_watcher(&shared, &dir, tx.clone())
+                    let w = start_watcher(&shared, &dir, tx.clone());
+                    // A save between the initial read and the watch start would be missed:
+                    // rescan once (a no-op when nothing changed).
+                    let _ = tx.send(Msg::Change);
+                    w
                 } else {
                     None
                 };

@@ -112,7 +112,7 @@ impl std::fmt::Display for Note {
                 later,
             } => write!(
                 f,
-                "collision on column {column:?}: {later} overrides {earlier} (the later key wins)"
+                "collision on column {column:?}: dropped the value of {earlier}, {later} overrides it (the later key wins)"
             ),
             Note::Context {
                 path,
@@ -131,28 +131,62 @@ impl std::fmt::Display for Note {
 }
 
 /// Where notes go: nowhere (the fast path) or a list (explain).
-pub struct Trace<'a>(Option<&'a mut Vec<Note>>);
+pub struct Trace<'a> {
+    notes: Option<&'a mut Vec<Note>>,
+    /// Where the current event's notes start in `notes`.
+    start: usize,
+}
 
 impl<'a> Trace<'a> {
     pub fn off() -> Self {
-        Trace(None)
+        Trace {
+            notes: None,
+            start: 0,
+        }
     }
     pub fn to(notes: &'a mut Vec<Note>) -> Self {
-        Trace(Some(notes))
+        let start = notes.len();
+        Trace {
+            notes: Some(notes),
+            start,
+        }
     }
     #[inline]
     fn note(&mut self, f: impl FnOnce() -> Note) {
-        if let Some(n) = self.0.as_mut() {
+        if let Some(n) = self.notes.as_mut() {
             n.push(f());
         }
     }
     fn on(&self) -> bool {
-        self.0.is_some()
+        self.notes.is_some()
+    }
+    /// The key that last wrote `column` in this event (from the notes so far): a key
+    /// renamed to it, the winner of an earlier collision on it, or else the column itself
+    /// (a key that needed no renaming).
+    fn last_writer(&self, column: &str) -> String {
+        let notes = self
+            .notes
+            .as_deref()
+            .map_or(&[][..], |n| &n[self.start.min(n.len())..]);
+        notes
+            .iter()
+            .rev()
+            .find_map(|n| match n {
+                Note::Renamed { from, to } if to == column => Some(from.clone()),
+                Note::Collision {
+                    column: c, later, ..
+                } if c == column => Some(later.clone()),
+                _ => None,
+            })
+            .unwrap_or_else(|| column.to_string())
     }
 }
 
 /// Run the program on one event.
 pub fn transform(program: &Program, event: &Value, trace: &mut Trace) -> Outcome {
+    if let Some(n) = trace.notes.as_deref() {
+        trace.start = n.len();
+    }
     match run(program, event, trace) {
         Ok(actions) => Outcome::Actions(actions),
         Err(o) => o,
@@ -585,6 +619,8 @@ fn put(
     tr: &mut Trace,
 ) -> Result<(), Outcome> {
     let column = p.casing.apply(key);
+    // Named before this key's own notes, so the earlier key is found.
+    let earlier = (tr.on() && out.contains_key(column.as_ref())).then(|| tr.last_writer(&column));
     if tr.on() && column != key {
         tr.note(|| Note::Renamed {
             from: key.to_string(),
@@ -592,10 +628,10 @@ fn put(
         });
     }
     let v = date_value(p, &column, v, tr)?;
-    if tr.on() && out.contains_key(column.as_ref()) {
+    if let Some(earlier) = earlier {
         tr.note(|| Note::Collision {
             column: column.to_string(),
-            earlier: "an earlier key".into(),
+            earlier,
             later: key.to_string(),
         });
     }
@@ -644,4 +680,48 @@ fn context_values(
         out.insert(cc.column.clone(), v);
     }
     Ok(out)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::rules::{self, SourceFile};
+    use serde_json::json;
+
+    #[test]
+    fn collisions_name_the_earlier_key() {
+        let files = [SourceFile {
+            name: "r.yaml".into(),
+            text: "track:\n  - event: E\n    data_extension: d\n".into(),
+        }];
+        let p = rules::compile_sources(&files, &|_| None, 1)
+            .unwrap()
+            .program;
+        let ev = json!({"type":"track","event":"E","userId":"u",
+            "properties":{"Order Id":1,"orderId":2,"order_id":3}});
+        let mut notes = vec![Note::Renamed {
+            from: "stale".into(),
+            to: "Order Id".into(),
+        }];
+        transform(&p, &ev, &mut Trace::to(&mut notes));
+        let pairs: Vec<(String, String)> = notes
+            .iter()
+            .filter_map(|n| match n {
+                Note::Collision { earlier, later, .. } => Some((earlier.clone(), later.clone())),
+                _ => None,
+            })
+            .collect();
+        assert_eq!(
+            pairs,
+            [
+                ("Order Id".to_string(), "orderId".to_string()),
+                ("orderId".to_string(), "order_id".to_string())
+            ]
+        );
+        // The fast path records nothing.
+        assert!(matches!(
+            transform(&p, &ev, &mut Trace::off()),
+            Outcome::Actions(_)
+        ));
+    }
 }

@@ -11,6 +11,8 @@ pub mod condition;
 pub mod dates;
 pub mod diag;
 pub mod env;
+pub mod lint;
+pub mod live;
 pub mod path;
 pub mod program;
 pub mod schema;

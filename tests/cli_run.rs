@@ -104,7 +104,10 @@ async fn subdomain_injection_is_a_config_error_and_nothing_is_sent() {
 /// Bearer tokens the simulator issues are 48 ASCII letters and digits.
 fn assert_no_token(what: &str, s: &str) {
     let re = regex::Regex::new(r"[A-Za-z0-9]{48}").unwrap();
-    assert!(re.find(s).is_none(), "{what} contains a token-like string: {s}");
+    assert!(
+        re.find(s).is_none(),
+        "{what} contains a token-like string: {s}"
+    );
 }
 
 #[tokio::test(flavor = "multi_thread")]
@@ -117,7 +120,8 @@ async fn secrets_and_tokens_never_appear_in_output() {
     let tmp = tempfile::tempdir().unwrap();
     let events = example_events();
 
-    let rejecting = start_sim("clients: [{ client_id: other, client_secret: other-secret }]\n").await;
+    let rejecting =
+        start_sim("clients: [{ client_id: other, client_secret: other-secret }]\n").await;
     let accepting = start_sim(&format!(
         "clients: [{{ client_id: cli-client, client_secret: \"{secret}\" }}]\n\
 data_extensions:\n  contacts:\n    primary_keys: [Contact Key]\n    columns: {{ Contact Key: Text(254), Email: EmailAddress }}\n"
@@ -148,11 +152,22 @@ data_extensions:\n  contacts:\n    primary_keys: [Contact Key]\n    columns: {{ 
         .await;
         let (stdout, stderr) = (text(&out.stdout), text(&out.stderr));
         assert_eq!(out.status.code(), Some(0), "{name}: {stderr}");
+        assert!(
+            stderr.contains("DEBUG"),
+            "{name}: debug logging is on: {stderr}"
+        );
         let dl = std::fs::read_to_string(&dead).unwrap_or_default();
         assert!(!dl.is_empty(), "{name}: expected dead letters");
-        for (what, s) in [("stdout", &stdout), ("stderr", &stderr), ("dead letters", &dl)] {
+        for (what, s) in [
+            ("stdout", &stdout),
+            ("stderr", &stderr),
+            ("dead letters", &dl),
+        ] {
             assert!(!s.contains(&secret), "{name}: secret in {what}: {s}");
-            assert!(!s.contains("Sekr1t"), "{name}: part of the secret in {what}");
+            assert!(
+                !s.contains("Sekr1t"),
+                "{name}: part of the secret in {what}"
+            );
             assert_no_token(&format!("{name} {what}"), s);
         }
         if name.starts_with("rejecting") {
@@ -169,7 +184,10 @@ data_extensions:\n  contacts:\n    primary_keys: [Contact Key]\n    columns: {{ 
         vec!["replay", "--help"],
         vec!["sim", "--help"],
     ] {
-        let env = [("SFMC_CLIENT_ID", "cli-client"), ("SFMC_CLIENT_SECRET", secret.as_str())];
+        let env = [
+            ("SFMC_CLIENT_ID", "cli-client"),
+            ("SFMC_CLIENT_SECRET", secret.as_str()),
+        ];
         let out = output(relay(&args, &env)).await;
         assert_eq!(out.status.code(), Some(0));
         let all = text(&out.stdout) + &text(&out.stderr);
@@ -294,7 +312,13 @@ async fn without_credentials_the_builtin_simulator_is_used() {
 
     // Only one of the two credentials: a configuration error.
     let out = output(relay(
-        &["run", "--rules", path(rules.path()), "--input", path(&events)],
+        &[
+            "run",
+            "--rules",
+            path(rules.path()),
+            "--input",
+            path(&events),
+        ],
         &[("SFMC_CLIENT_ID", "x")],
     ))
     .await;
@@ -371,4 +395,95 @@ async fn sigterm_flushes_in_flight_rows() {
     let dl = dead_letters(&dead);
     assert_eq!(landed + dl.len(), n, "lost events: {stderr}");
     assert_eq!(landed, n, "{stderr}");
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn sigterm_with_a_backlog_loses_nothing_read() {
+    let rules = rules_dir(&Settings {
+        batch_rows: 20,
+        max_in_flight: 2,
+        ..Settings::default()
+    });
+    // A slow SFMC: the input backs up in the relay while the signal arrives.
+    let sim = start_sim("faults: { rate_slow: 1.0, slow_ms: 30 }\n").await;
+    let tmp = tempfile::tempdir().unwrap();
+    let dead = tmp.path().join("dead.ndjson");
+    let n = 9000;
+    let mut child = relay(
+        &[
+            "run",
+            "--rules",
+            path(rules.path()),
+            "--dead-letter",
+            path(&dead),
+            "-q",
+        ],
+        &sim_env(&sim, "s3cret"),
+    )
+    .stdin(Stdio::piped())
+    .stdout(Stdio::piped())
+    .stderr(Stdio::piped())
+    .spawn()
+    .expect("spawn relay");
+    let mut stdin = child.stdin.take().unwrap();
+    let writer = tokio::spawn(async move {
+        for i in 0..n {
+            let line = order(&format!("u-{}", i % 9), &format!("o-{i}"), 2.0).to_string() + "\n";
+            // The relay stops reading after the signal: the pipe then breaks.
+            if stdin.write_all(line.as_bytes()).await.is_err() {
+                break;
+            }
+        }
+        let _ = stdin.flush().await;
+        stdin // kept open
+    });
+    let deadline = Instant::now() + Duration::from_secs(15);
+    while sim.rows("orders").len() < 100 {
+        assert!(Instant::now() < deadline, "no rows landed");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    let pid = child.id().unwrap().to_string();
+    assert!(
+        std::process::Command::new("kill")
+            .args(["-TERM", &pid])
+            .status()
+            .unwrap()
+            .success()
+    );
+    let out = tokio::time::timeout(Duration::from_secs(40), child.wait_with_output())
+        .await
+        .expect("relay stopped after SIGTERM")
+        .unwrap();
+    let stdin = tokio::time::timeout(Duration::from_secs(5), writer)
+        .await
+        .expect("writer done")
+        .unwrap();
+    drop(stdin);
+    let stderr = text(&out.stderr);
+    assert_eq!(out.status.code(), Some(0), "{stderr}");
+    assert!(stderr.contains("stopped by signal"), "{stderr}");
+    let landed = sim.rows("orders").len();
+    let dl = dead_letters(&dead);
+    let read: usize = stderr
+        .split(" events read")
+        .next()
+        .and_then(|s| s.rsplit(|c: char| !c.is_ascii_digit()).next())
+        .and_then(|s| s.parse().ok())
+        .unwrap_or_else(|| panic!("no summary: {stderr}"));
+    // The signal stops the input even with a backlog (regression: it used to be noticed
+    // only when the queue ran empty, so the relay kept reading the whole stream).
+    assert!(read < n, "read all {n} events after the signal: {stderr}");
+    // Every event that was read is delivered or dead-lettered, and the summary says so.
+    assert_eq!(landed + dl.len(), read, "lost events: {stderr}");
+    assert!(stderr.contains(&format!("{landed} delivered")), "{stderr}");
+    assert!(
+        stderr.contains(&format!("{} dead-lettered", dl.len())),
+        "{stderr}"
+    );
+    for d in &dl {
+        assert!(
+            d["reason"].as_str().unwrap().contains("relay stopped"),
+            "{d}"
+        );
+    }
 }

@@ -96,11 +96,13 @@ fn assert_accounted(s: &RunSummary) {
     );
 }
 
+type KeysValues = (Map<String, Value>, Map<String, Value>);
+
 /// What `transform` says should land, applying upserts in order.
 #[derive(Default)]
 struct Expected {
     /// data extension (lower-case) -> pk identity -> (keys, merged values)
-    rows: BTreeMap<String, BTreeMap<String, (Map<String, Value>, Map<String, Value>)>>,
+    rows: BTreeMap<String, BTreeMap<String, KeysValues>>,
     contacts: BTreeSet<String>,
     api_events: Vec<Value>,
     with_actions: u64,
@@ -146,7 +148,10 @@ fn expected(program: &Program, input: &Path) -> Expected {
                                         keys,
                                         values,
                                     } => {
-                                        let de = e.rows.entry(data_extension.to_lowercase()).or_default();
+                                        let de = e
+                                            .rows
+                                            .entry(data_extension.to_lowercase())
+                                            .or_default();
                                         let row = de
                                             .entry(pk_id(&keys))
                                             .or_insert_with(|| (keys.clone(), Map::new()));
@@ -249,7 +254,10 @@ async fn thousands_of_events_use_one_token_and_legacy_v1() {
         let user = format!("u-{}", i % 40);
         if i % 25 == 0 {
             let user = format!("u-{}", (i / 25) % 40);
-            events.push(identify(&user, json!({"email": format!("{user}@example.com")})));
+            events.push(identify(
+                &user,
+                json!({"email": format!("{user}@example.com")}),
+            ));
         } else {
             events.push(order(&user, &format!("o-{i}"), i as f64));
         }
@@ -349,10 +357,7 @@ async fn token_refreshed_when_it_expires_mid_stream() {
     let dir = rules_dir(&settings);
     let program = load(dir.path());
     // Every call takes 250 ms; tokens live 2 s; the stream lasts well over 2 s.
-    let sim = start_sim(
-        "token_lifetime: 2\nfaults: { rate_slow: 1.0, slow_ms: 250 }\n",
-    )
-    .await;
+    let sim = start_sim("token_lifetime: 2\nfaults: { rate_slow: 1.0, slow_ms: 250 }\n").await;
     let tmp = tempfile::tempdir().unwrap();
     let input = tmp.path().join("in.ndjson");
     let dead = tmp.path().join("dead.ndjson");
@@ -390,7 +395,10 @@ async fn storm_of_429_500_and_bare_10006_loses_nothing() {
     for i in 0..400 {
         let user = format!("u-{}", i % 30);
         events.push(match i % 4 {
-            0 => identify(&user, json!({"email": format!("{user}@example.com"), "n": i})),
+            0 => identify(
+                &user,
+                json!({"email": format!("{user}@example.com"), "n": i}),
+            ),
             1 | 2 => order(&user, &format!("o-{i}"), i as f64),
             _ => signup(&format!("s-{i}"), "pro"),
         });
@@ -403,7 +411,10 @@ async fn storm_of_429_500_and_bare_10006_loses_nothing() {
     assert!(s.client.retries > 0);
     let st = sim.stats();
     for kind in ["429", "500", "bare_10006"] {
-        assert!(st.faults_injected.get(kind).copied().unwrap_or(0) > 0, "{st:?}");
+        assert!(
+            st.faults_injected.get(kind).copied().unwrap_or(0) > 0,
+            "{st:?}"
+        );
     }
     // API events are not idempotent: exactly one per event despite the retries.
     assert_eq!(sim.api_events().len(), 100);
@@ -452,7 +463,10 @@ async fn bad_rows_are_isolated_and_dead_lettered_with_sfmc_message() {
         let mut keys = Map::new();
         keys.insert("Contact Key".into(), json!(format!("u-{i}")));
         let row = find_row(&rows, &keys).unwrap_or_else(|| panic!("u-{i} missing"));
-        assert_eq!(row["values"]["Email"], json!(format!("user{i}@example.com")));
+        assert_eq!(
+            row["values"]["Email"],
+            json!(format!("user{i}@example.com"))
+        );
         assert_eq!(row["values"]["N"], json!(i));
     }
     let dl = dead_letters(&dead);
@@ -611,6 +625,9 @@ async fn rejected_credentials_dead_letter_everything_without_the_secret() {
     assert_eq!(sim.stats().tokens_issued, 0);
     let text = std::fs::read_to_string(&dead).unwrap();
     assert!(!text.contains(secret));
-    assert!(text.contains("invalid_client") || text.contains("Unauthorized"), "{text}");
+    assert!(
+        text.contains("invalid_client") || text.contains("Unauthorized"),
+        "{text}"
+    );
     assert!(!s.render().contains(secret));
 }

@@ -301,9 +301,11 @@ fn reader_thread(
                     .collect(),
             },
         };
+        let mut stopped = false;
         for item in items {
             if let Err(mpsc::error::SendError(item)) = tx.blocking_send(item) {
                 // The relay is stopping: this event was read but will not be sent.
+                stopped = true;
                 let (line, version, event) = match item {
                     Item::Event {
                         line,
@@ -320,6 +322,10 @@ fn reader_thread(
                 ))?;
                 dead_count.fetch_add(1, Ordering::Relaxed);
             }
+        }
+        if stopped {
+            // No more input is read once the relay stops.
+            return Ok(());
         }
         line += 1;
     }
@@ -383,15 +389,17 @@ pub async fn run(rules: RuleSource, opts: RunOptions) -> Result<RunSummary, RunE
     let mut last_draw = Instant::now();
     let mut tick = tokio::time::interval(Duration::from_millis(100));
     loop {
+        // Checked before every item too: with a backlog `recv` is always ready and the
+        // tick branch below would never run, so a signal would not stop the input.
+        if stop.load(Ordering::SeqCst) && !rx.is_closed() {
+            summary.interrupted = true;
+            eprintln!("sfmc-relay: stopping: no more input is read; flushing what is in flight");
+            rx.close();
+        }
         let item = tokio::select! {
             biased;
             item = rx.recv() => item,
             _ = tick.tick() => {
-                if stop.load(Ordering::SeqCst) && !rx.is_closed() {
-                    summary.interrupted = true;
-                    eprintln!("sfmc-relay: stopping: no more input is read; flushing what is in flight");
-                    rx.close();
-                }
                 if progress && last_draw.elapsed() >= Duration::from_millis(500) {
                     last_draw = Instant::now();
                     draw_progress(started, &summary, &counters);
@@ -422,8 +430,9 @@ pub async fn run(rules: RuleSource, opts: RunOptions) -> Result<RunSummary, RunE
             },
         }
     }
-    // After a signal the reader may be blocked reading stdin: leave it (the process ends).
-    let read_result = if summary.interrupted {
+    // After a signal the reader may be blocked reading stdin: leave it (the process ends),
+    // unless it already stopped (then its last dead letters are counted below).
+    let read_result = if summary.interrupted && !reader.is_finished() {
         Ok(())
     } else {
         reader

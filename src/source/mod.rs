@@ -1,0 +1,3 @@
+//! Event sources other than files: the HTTP ingest ([`http`]).
+
+pub mod http;

@@ -163,6 +163,9 @@ pub async fn serve(rules: RuleSource, opts: ServeOptions) -> Result<RunSummary, 
                 .await
         }
     });
+    // Set once the server has stopped and the spool takes no more appends: the loop
+    // below then hands nothing new to the sink (the rest stays in the spool).
+    let (stopped_tx, mut stopped_rx) = tokio::sync::watch::channel(false);
     let stopper = tokio::spawn({
         let spool = spool.clone();
         async move {
@@ -173,6 +176,7 @@ pub async fn serve(rules: RuleSource, opts: ServeOptions) -> Result<RunSummary, 
             let spool2 = spool.clone();
             let _ = tokio::task::spawn_blocking(move || spool2.close_appends()).await;
             spool.stop_reading();
+            let _ = stopped_tx.send(true);
             served
         }
     });
@@ -184,7 +188,13 @@ pub async fn serve(rules: RuleSource, opts: ServeOptions) -> Result<RunSummary, 
         ..Default::default()
     };
     let acker = spool.acker();
-    while let Some(item) = rx.recv().await {
+    loop {
+        let item = tokio::select! {
+            biased;
+            _ = stopped_rx.wait_for(|s| *s) => break,
+            item = rx.recv() => item,
+        };
+        let Some(item) = item else { break };
         summary.events += 1;
         let Item {
             seq,
@@ -218,6 +228,9 @@ pub async fn serve(rules: RuleSource, opts: ServeOptions) -> Result<RunSummary, 
             }
         }
     }
+    // Events still in the channel were not handed to the sink: not acked, so the next
+    // start delivers them.
+    drop(rx);
     let read_result = reader
         .join()
         .map_err(|_| RunError::Io("the spool reader thread panicked".into()))?;

@@ -143,7 +143,8 @@ fn parse_bytes(s: &str) -> Result<u64, String> {
         "g" | "gb" | "gib" => 1 << 30,
         _ => return Err(format!("unknown size unit in `{s}` (K, M, G)")),
     };
-    n.checked_mul(mult).ok_or_else(|| format!("size too large: `{s}`"))
+    n.checked_mul(mult)
+        .ok_or_else(|| format!("size too large: `{s}`"))
 }
 
 const SERVE_HELP: &str = "\

@@ -62,7 +62,8 @@ async fn segment_api_auth_gzip_limits_metrics() {
         c.post(relay.url("/v1/track")).basic_auth("nope", Some("")),
         c.post(relay.url("/v1/track")),
         c.post(relay.url("/v1/track")).bearer_auth(KEY),
-        c.post(relay.url("/v1/track")).basic_auth(format!("{KEY}x"), Some("")),
+        c.post(relay.url("/v1/track"))
+            .basic_auth(format!("{KEY}x"), Some("")),
     ] {
         let r = req.json(&order(999)).send().await.unwrap();
         assert_eq!(r.status(), StatusCode::UNAUTHORIZED);
@@ -148,7 +149,9 @@ async fn segment_api_auth_gzip_limits_metrics() {
     }
 
     eventually(20, "rows and the API event in the simulator", || {
-        sim.rows("orders").len() == 3 && sim.api_events().len() == 1 && sim.rows("people").len() == 1
+        sim.rows("orders").len() == 3
+            && sim.api_events().len() == 1
+            && sim.rows("people").len() == 1
     })
     .await;
     assert_eq!(
@@ -163,7 +166,14 @@ async fn segment_api_auth_gzip_limits_metrics() {
     // Completions (and so the delivered counters) follow the simulator's answer.
     let mut metrics = String::new();
     for _ in 0..200 {
-        metrics = c.get(relay.url("/metrics")).send().await.unwrap().text().await.unwrap();
+        metrics = c
+            .get(relay.url("/metrics"))
+            .send()
+            .await
+            .unwrap()
+            .text()
+            .await
+            .unwrap();
         if metrics.contains("sfmc_relay_queue_depth 0") {
             break;
         }
@@ -186,7 +196,10 @@ async fn segment_api_auth_gzip_limits_metrics() {
     ] {
         assert!(metrics.contains(line), "missing `{line}` in:\n{metrics}");
     }
-    assert!(metrics.contains("sfmc_relay_rules_info{version=\"r1-"), "{metrics}");
+    assert!(
+        metrics.contains("sfmc_relay_rules_info{version=\"r1-"),
+        "{metrics}"
+    );
 
     let status = relay.terminate(Duration::from_secs(20));
     assert!(status.success(), "{status:?}\n{}", relay.log());
@@ -232,7 +245,10 @@ async fn crash_mid_delivery_loses_nothing_and_repeats_no_api_event() {
             break;
         }
         seen = n;
-        assert!(start.elapsed() < Duration::from_secs(20), "delivery too slow");
+        assert!(
+            start.elapsed() < Duration::from_secs(20),
+            "delivery too slow"
+        );
         tokio::time::sleep(Duration::from_millis(2)).await;
     }
     relay.kill9();
@@ -248,7 +264,9 @@ async fn crash_mid_delivery_loses_nothing_and_repeats_no_api_event() {
     })
     .await;
     assert!(
-        relay.log().contains("not yet delivered: delivering them now"),
+        relay
+            .log()
+            .contains("not yet delivered: delivering them now"),
         "{}",
         relay.log()
     );
@@ -311,7 +329,10 @@ async fn sigterm_drains_or_leaves_in_spool() {
     assert!(status.success(), "{status:?}\n{}", relay.log());
     assert!(t.elapsed() < Duration::from_secs(8), "{:?}", t.elapsed());
     let after_first = sim.rows("orders").len();
-    assert!(after_first < N, "all {N} delivered before the drain timeout");
+    assert!(
+        after_first < N,
+        "all {N} delivered before the drain timeout"
+    );
     // The listener is closed.
     assert!(
         c.post(relay.url("/v1/batch"))
@@ -323,7 +344,10 @@ async fn sigterm_drains_or_leaves_in_spool() {
     );
 
     let mut relay = Relay::start(&spool, &rules, &sim, &["--requests-per-second", "0"]);
-    eventually(20, "the rest after the restart", || sim.rows("orders").len() == N).await;
+    eventually(20, "the rest after the restart", || {
+        sim.rows("orders").len() == N
+    })
+    .await;
     let status = relay.terminate(Duration::from_secs(20));
     assert!(status.success(), "{}", relay.log());
 }

@@ -11,7 +11,9 @@
 //! let the sink finish what it holds (up to `drain_timeout`), write the acks, exit 0.
 //! Whatever was not handed to the sink stays in the spool for the next start.
 
-use super::run::{EnvSource, RuleSource, RunError, RunSummary, sink_config, target, wait_for_signal};
+use super::run::{
+    EnvSource, RuleSource, RunError, RunSummary, sink_config, target, wait_for_signal,
+};
 use crate::sfmc::deadletter::DeadLetters;
 use crate::sfmc::sink::{Counters, Delivery, Sink};
 use crate::source::http::{self, Ingest};
@@ -95,7 +97,10 @@ pub async fn serve(rules: RuleSource, opts: ServeOptions) -> Result<RunSummary, 
     let program = rules();
     let target = target(&program, &opts.env, opts.requests_per_second).await?;
     let (spool, report) = Spool::open(opts.spool.clone()).map_err(|e| {
-        RunError::Io(format!("cannot open the spool {}: {e}", opts.spool.dir.display()))
+        RunError::Io(format!(
+            "cannot open the spool {}: {e}",
+            opts.spool.dir.display()
+        ))
     })?;
     let spool = Arc::new(spool);
     for n in &report.notes {
@@ -122,7 +127,11 @@ pub async fn serve(rules: RuleSource, opts: ServeOptions) -> Result<RunSummary, 
     });
     let state = Arc::new(Ingest {
         spool: spool.clone(),
-        write_keys: opts.write_keys.iter().map(|k| k.as_bytes().to_vec()).collect(),
+        write_keys: opts
+            .write_keys
+            .iter()
+            .map(|k| k.as_bytes().to_vec())
+            .collect(),
         metrics: metrics.clone(),
         client: target.client.clone(),
         rules: rules.clone(),
@@ -170,7 +179,9 @@ pub async fn serve(rules: RuleSource, opts: ServeOptions) -> Result<RunSummary, 
         let spool = spool.clone();
         async move {
             wait_for_signal().await;
-            eprintln!("sfmc-relay: stopping: no new requests; finishing deliveries in flight (what is not sent stays in the spool)");
+            eprintln!(
+                "sfmc-relay: stopping: no new requests; finishing deliveries in flight (what is not sent stays in the spool)"
+            );
             let _ = stop_tx.send(());
             let served = server.await;
             let spool2 = spool.clone();
@@ -224,7 +235,8 @@ pub async fn serve(rules: RuleSource, opts: ServeOptions) -> Result<RunSummary, 
                     }
                     acker.ack(seq);
                 });
-                sink.submit_with(seq, version, event, actions, Some(done)).await;
+                sink.submit_with(seq, version, event, actions, Some(done))
+                    .await;
             }
         }
     }

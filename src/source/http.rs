@@ -69,9 +69,7 @@ pub fn router(state: Arc<Ingest>) -> Router {
     for path in ["/v1/batch", "/v1/import", "/v1/b"] {
         r = r.route(
             path,
-            post(|st: State<Arc<Ingest>>, h: HeaderMap, b: Body| {
-                ingest(st, Kind::Batch, h, b)
-            }),
+            post(|st: State<Arc<Ingest>>, h: HeaderMap, b: Body| ingest(st, Kind::Batch, h, b)),
         );
     }
     r.route("/healthz", get(healthz))
@@ -93,10 +91,7 @@ fn reply(status: StatusCode, body: Value) -> Response {
 
 fn fail(m: &Metrics, reason: usize, status: StatusCode, message: impl Into<String>) -> Response {
     m.refuse(reason);
-    reply(
-        status,
-        json!({"success": false, "message": message.into()}),
-    )
+    reply(status, json!({"success": false, "message": message.into()}))
 }
 
 const UNAUTHORIZED: usize = 0;
@@ -143,8 +138,19 @@ fn kb(n: usize) -> String {
 }
 
 /// Read the body (decompressing gzip) up to `limit` bytes of JSON.
-async fn read_body(headers: &HeaderMap, body: Body, limit: usize) -> Result<Vec<u8>, String> {
-    let too_big = || format!("request body is larger than the {} limit", kb(limit));
+/// Why a body could not be read.
+enum BodyError {
+    TooLarge(String),
+    Bad(String),
+}
+
+async fn read_body(headers: &HeaderMap, body: Body, limit: usize) -> Result<Vec<u8>, BodyError> {
+    let too_big = || {
+        BodyError::TooLarge(format!(
+            "request body is larger than the {} limit",
+            kb(limit)
+        ))
+    };
     let declared = headers
         .get(header::CONTENT_LENGTH)
         .and_then(|v| v.to_str().ok())
@@ -161,7 +167,7 @@ async fn read_body(headers: &HeaderMap, body: Body, limit: usize) -> Result<Vec<
             }
             src = s.source();
         }
-        format!("cannot read the request body: {e}")
+        BodyError::Bad(format!("cannot read the request body: {e}"))
     })?;
     let encoding = headers
         .get(header::CONTENT_ENCODING)
@@ -177,15 +183,15 @@ async fn read_body(headers: &HeaderMap, body: Body, limit: usize) -> Result<Vec<
             flate2::read::MultiGzDecoder::new(&raw[..])
                 .take(limit as u64 + 1)
                 .read_to_end(&mut out)
-                .map_err(|e| format!("invalid gzip body: {e}"))?;
+                .map_err(|e| BodyError::Bad(format!("invalid gzip body: {e}")))?;
             if out.len() > limit {
                 return Err(too_big());
             }
             Ok(out)
         }
-        other => Err(format!(
+        other => Err(BodyError::Bad(format!(
             "unsupported Content-Encoding `{other}` (gzip or none)"
-        )),
+        ))),
     }
 }
 
@@ -207,7 +213,10 @@ fn uuid4() -> String {
 fn stamp(ev: &mut Map<String, Value>, now: &str) {
     ev.remove("writeKey");
     if !ev.get("messageId").is_some_and(Value::is_string) {
-        ev.insert("messageId".into(), Value::String(format!("relay-{}", uuid4())));
+        ev.insert(
+            "messageId".into(),
+            Value::String(format!("relay-{}", uuid4())),
+        );
     }
     if !ev.contains_key("receivedAt") {
         ev.insert("receivedAt".into(), Value::String(now.to_string()));
@@ -234,14 +243,24 @@ fn inherit(ev: &mut Map<String, Value>, key: &str, top: Option<&Value>) {
     }
 }
 
-async fn ingest(State(st): State<Arc<Ingest>>, kind: Kind, headers: HeaderMap, body: Body) -> Response {
+async fn ingest(
+    State(st): State<Arc<Ingest>>,
+    kind: Kind,
+    headers: HeaderMap,
+    body: Body,
+) -> Response {
     let m = &st.metrics;
     // Authenticate from the header before reading the body when we can.
     let header_key = basic_user(&headers);
     if let Some(k) = &header_key
         && !k.as_deref().is_some_and(|k| key_ok(&st.write_keys, k))
     {
-        return fail(m, UNAUTHORIZED, StatusCode::UNAUTHORIZED, "invalid write key");
+        return fail(
+            m,
+            UNAUTHORIZED,
+            StatusCode::UNAUTHORIZED,
+            "invalid write key",
+        );
     }
     let limit = match kind {
         Kind::Single(_) => MAX_EVENT_BYTES,
@@ -249,18 +268,28 @@ async fn ingest(State(st): State<Arc<Ingest>>, kind: Kind, headers: HeaderMap, b
     };
     let bytes = match read_body(&headers, body, limit).await {
         Ok(b) => b,
-        Err(msg) if msg.contains("limit") => {
+        Err(BodyError::TooLarge(msg)) => {
             return fail(m, TOO_LARGE, StatusCode::BAD_REQUEST, msg);
         }
-        Err(msg) => return fail(m, BAD_REQUEST, StatusCode::BAD_REQUEST, msg),
+        Err(BodyError::Bad(msg)) => return fail(m, BAD_REQUEST, StatusCode::BAD_REQUEST, msg),
     };
     let mut doc: Map<String, Value> = match serde_json::from_slice(&bytes) {
         Ok(Value::Object(o)) => o,
         Ok(_) => {
-            return fail(m, BAD_REQUEST, StatusCode::BAD_REQUEST, "the body must be a JSON object");
+            return fail(
+                m,
+                BAD_REQUEST,
+                StatusCode::BAD_REQUEST,
+                "the body must be a JSON object",
+            );
         }
         Err(e) => {
-            return fail(m, BAD_REQUEST, StatusCode::BAD_REQUEST, format!("invalid JSON: {e}"));
+            return fail(
+                m,
+                BAD_REQUEST,
+                StatusCode::BAD_REQUEST,
+                format!("invalid JSON: {e}"),
+            );
         }
     };
     if header_key.is_none() {
@@ -348,7 +377,12 @@ async fn ingest(State(st): State<Arc<Ingest>>, kind: Kind, headers: HeaderMap, b
             reply(StatusCode::OK, json!({"success": true}))
         }
         Err(e @ AppendError::Full { .. }) => {
-            let mut r = fail(m, SPOOL_FULL, StatusCode::SERVICE_UNAVAILABLE, e.to_string());
+            let mut r = fail(
+                m,
+                SPOOL_FULL,
+                StatusCode::SERVICE_UNAVAILABLE,
+                e.to_string(),
+            );
             r.headers_mut()
                 .insert(header::RETRY_AFTER, HeaderValue::from_static("5"));
             r
@@ -378,7 +412,10 @@ async fn metrics_handler(State(st): State<Arc<Ingest>>) -> Response {
         &(st.rules)().version,
     );
     (
-        [(header::CONTENT_TYPE, "text/plain; version=0.0.4; charset=utf-8")],
+        [(
+            header::CONTENT_TYPE,
+            "text/plain; version=0.0.4; charset=utf-8",
+        )],
         text,
     )
         .into_response()

@@ -33,7 +33,13 @@ impl PerType {
 }
 
 /// Why a request was refused.
-pub const REFUSALS: [&str; 5] = ["unauthorized", "too_large", "bad_request", "spool_full", "error"];
+pub const REFUSALS: [&str; 5] = [
+    "unauthorized",
+    "too_large",
+    "bad_request",
+    "spool_full",
+    "error",
+];
 
 #[derive(Default)]
 pub struct Metrics {
@@ -66,7 +72,12 @@ fn escape(s: &str) -> String {
 }
 
 /// Prometheus text exposition format (version 0.0.4).
-pub fn render(m: &Metrics, client: &ClientStats, spool: &SpoolStats, rules_version: &str) -> String {
+pub fn render(
+    m: &Metrics,
+    client: &ClientStats,
+    spool: &SpoolStats,
+    rules_version: &str,
+) -> String {
     let mut o = String::with_capacity(4096);
     per_type(
         &mut o,
@@ -108,7 +119,11 @@ pub fn render(m: &Metrics, client: &ClientStats, spool: &SpoolStats, rules_versi
         "# HELP sfmc_relay_sfmc_requests_total HTTP requests to SFMC (retries included) by endpoint.\n# TYPE sfmc_relay_sfmc_requests_total counter"
     );
     for (e, n) in &client.requests_per_endpoint {
-        let _ = writeln!(o, "sfmc_relay_sfmc_requests_total{{endpoint=\"{}\"}} {n}", escape(e));
+        let _ = writeln!(
+            o,
+            "sfmc_relay_sfmc_requests_total{{endpoint=\"{}\"}} {n}",
+            escape(e)
+        );
     }
     let _ = writeln!(
         o,

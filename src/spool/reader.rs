@@ -9,6 +9,9 @@ use std::sync::Arc;
 use std::sync::atomic::Ordering;
 use std::time::Duration;
 
+/// Spooled events `(seq, payload)` handed out by one read.
+pub type Records = Vec<(u64, Vec<u8>)>;
+
 /// Reads records in order, waiting for new ones; skips records acked by an earlier run.
 pub struct SpoolReader {
     shared: Arc<Shared>,
@@ -33,7 +36,7 @@ impl SpoolReader {
 
     /// The next records `(seq, payload)`, blocking until some are committed.
     /// `None` once [`super::Spool::stop_reading`] was called.
-    pub fn next_batch(&mut self) -> std::io::Result<Option<Vec<(u64, Vec<u8>)>>> {
+    pub fn next_batch(&mut self) -> std::io::Result<Option<Records>> {
         loop {
             if self.shared.stop_reading.load(Ordering::SeqCst) {
                 return Ok(None);
@@ -42,10 +45,7 @@ impl SpoolReader {
                 let s = self.shared.lock();
                 match s.segments.range(self.seg..).next() {
                     None => {
-                        let _ = self
-                            .shared
-                            .cond
-                            .wait_timeout(s, Duration::from_millis(250));
+                        let _ = self.shared.cond.wait_timeout(s, Duration::from_millis(250));
                         continue;
                     }
                     Some((&first, seg)) => {
@@ -62,10 +62,7 @@ impl SpoolReader {
                             self.file = None;
                             continue;
                         } else {
-                            let _ = self
-                                .shared
-                                .cond
-                                .wait_timeout(s, Duration::from_millis(250));
+                            let _ = self.shared.cond.wait_timeout(s, Duration::from_millis(250));
                             continue;
                         }
                     }

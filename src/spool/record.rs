@@ -110,7 +110,10 @@ mod tests {
             panic!()
         };
         assert_eq!((seq, payload, len), (7, &b"hello"[..], HEADER + 5));
-        assert!(matches!(decode(&buf[len..]), Decoded::Record { seq: 8, .. }));
+        assert!(matches!(
+            decode(&buf[len..]),
+            Decoded::Record { seq: 8, .. }
+        ));
         assert_eq!(decode(&buf[len..buf.len() - 1]), Decoded::Incomplete);
         let mut bad = buf.clone();
         bad[HEADER + 1] ^= 1;

@@ -54,7 +54,10 @@ fn append_read_ack_recover_delete() {
         while got.len() < 10 {
             got.extend(r.next_batch().unwrap().unwrap());
         }
-        assert_eq!(got.iter().map(|(s, _)| *s).collect::<Vec<_>>(), (0..10).collect::<Vec<_>>());
+        assert_eq!(
+            got.iter().map(|(s, _)| *s).collect::<Vec<_>>(),
+            (0..10).collect::<Vec<_>>()
+        );
         assert_eq!(got[3].1, vec![3u8; 50]);
         let a = spool.acker();
         for s in [0, 1, 2, 5] {
@@ -70,7 +73,10 @@ fn append_read_ack_recover_delete() {
         .filter(|p| p.extension().is_some_and(|e| e == "seg"))
         .max()
         .unwrap();
-    let mut f = std::fs::OpenOptions::new().append(true).open(&last).unwrap();
+    let mut f = std::fs::OpenOptions::new()
+        .append(true)
+        .open(&last)
+        .unwrap();
     std::io::Write::write_all(&mut f, &[9, 0, 0, 0, 1, 2]).unwrap();
     drop(f);
     let (spool, rep) = Spool::open(cfg(dir.path(), 1 << 20, 200)).unwrap();

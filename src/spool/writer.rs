@@ -71,10 +71,7 @@ pub(crate) fn run(
 }
 
 fn size(r: &AppendReq) -> u64 {
-    r.payloads
-        .iter()
-        .map(|p| record::framed_len(p.len()))
-        .sum()
+    r.payloads.iter().map(|p| record::framed_len(p.len())).sum()
 }
 
 impl Writer {
@@ -120,7 +117,10 @@ impl Writer {
     fn add(&mut self, payloads: &[Vec<u8>], n: u64) -> io::Result<()> {
         let seg_bytes = self.shared.config.segment_bytes;
         let full = match &self.active {
-            Some(a) => a.bytes + self.buf.len() as u64 > 0 && a.bytes + self.buf.len() as u64 + n > seg_bytes,
+            Some(a) => {
+                a.bytes + self.buf.len() as u64 > 0
+                    && a.bytes + self.buf.len() as u64 + n > seg_bytes
+            }
             None => false,
         };
         if full {

@@ -131,7 +131,10 @@ impl Relay {
             }
             if start.elapsed() > within {
                 let _ = self.child.kill();
-                panic!("serve did not exit within {within:?} of SIGTERM:\n{}", self.log());
+                panic!(
+                    "serve did not exit within {within:?} of SIGTERM:\n{}",
+                    self.log()
+                );
             }
             std::thread::sleep(Duration::from_millis(20));
         }

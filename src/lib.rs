@@ -10,4 +10,6 @@ pub mod golden;
 pub mod rules;
 pub mod sfmc;
 pub mod sim;
+pub mod source;
+pub mod spool;
 pub mod transform;

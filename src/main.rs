@@ -83,6 +83,9 @@ enum Command {
         #[arg(long, default_value_t = 1)]
         seed: u64,
     },
+    /// Receive events over HTTP (Segment's tracking API), spool them durably, deliver to SFMC
+    #[command(after_help = SERVE_HELP)]
+    Serve(ServeArgs),
     /// Run the SFMC simulator standalone (a strict local SFMC for tests and demos)
     Sim {
         /// Address to listen on
@@ -157,6 +160,64 @@ struct DeliveryArgs {
     no_watch: bool,
 }
 
+#[derive(clap::Args)]
+struct ServeArgs {
+    /// Rules directory; default: the embedded default rules
+    #[arg(long, value_name = "DIR")]
+    rules: Option<PathBuf>,
+    /// Do not watch the rules directory for changes (SIGHUP still reloads)
+    #[arg(long)]
+    no_watch: bool,
+    /// Address to listen on (port 0: any free port; the address is printed)
+    #[arg(long, value_name = "ADDR", default_value = "127.0.0.1:8080")]
+    listen: std::net::SocketAddr,
+    /// Spool directory: accepted events are kept here until delivered (created if missing)
+    #[arg(long, value_name = "DIR")]
+    spool: PathBuf,
+    /// Spool size bound in bytes (suffixes K, M, G, KiB, MiB, GiB); past it requests get 503
+    #[arg(long, value_name = "BYTES", default_value = "1GiB", value_parser = parse_bytes)]
+    spool_max_bytes: u64,
+    /// Where events that cannot be delivered are written (NDJSON)
+    #[arg(
+        long,
+        value_name = "FILE",
+        default_value = "sfmc-relay.deadletter.ndjson"
+    )]
+    dead_letter: PathBuf,
+    /// Override the rules' delivery.requests_per_second (0 = unlimited)
+    #[arg(long, value_name = "N")]
+    requests_per_second: Option<u32>,
+    /// On SIGTERM, wait at most this many seconds for deliveries in flight
+    #[arg(long, value_name = "SECS", default_value_t = 30)]
+    drain_timeout: u64,
+}
+
+/// `1048576`, `64K`, `512MiB`, `1G`... (K/M/G and KiB/MiB/GiB are all powers of 1024).
+fn parse_bytes(s: &str) -> Result<u64, String> {
+    let t = s.trim();
+    let split = t.find(|c: char| !c.is_ascii_digit()).unwrap_or(t.len());
+    let (num, unit) = t.split_at(split);
+    let n: u64 = num.parse().map_err(|_| format!("not a size: `{s}`"))?;
+    let mult: u64 = match unit.trim().to_ascii_lowercase().as_str() {
+        "" | "b" => 1,
+        "k" | "kb" | "kib" => 1 << 10,
+        "m" | "mb" | "mib" => 1 << 20,
+        "g" | "gb" | "gib" => 1 << 30,
+        _ => return Err(format!("unknown size unit in `{s}` (K, M, G)")),
+    };
+    n.checked_mul(mult)
+        .ok_or_else(|| format!("size too large: `{s}`"))
+}
+
+const SERVE_HELP: &str = "\
+Environment:
+  SFMC_RELAY_WRITE_KEYS               accepted write keys, comma-separated (required);
+                                      clients send one as the HTTP Basic auth username
+  SFMC_CLIENT_ID, SFMC_CLIENT_SECRET  as for `run` (without both: the built-in simulator)
+
+See docs/serve.md for pointing Segment, RudderStack and the Segment SDKs at the relay.
+Exit status: 0 stopped by SIGTERM/SIGINT, 1 I/O error, 2 configuration error.";
+
 const RUN_HELP: &str = "\
 Environment:
   SFMC_CLIENT_ID, SFMC_CLIENT_SECRET  API integration credentials (never printed);
@@ -193,6 +254,7 @@ fn main() -> ExitCode {
             InputKind::DeadLetters,
             delivery,
         ),
+        Command::Serve(args) => serve(args),
         Command::Sim { listen, config } => simulator(listen, config.as_deref()),
         Command::Corpus {
             events,
@@ -407,6 +469,64 @@ fn deliver(
             } else {
                 ExitCode::from(exit::OK)
             }
+        }
+        Err(RunError::Config(e)) => {
+            eprintln!("sfmc-relay: {e}");
+            ExitCode::from(exit::CONFIG)
+        }
+        Err(RunError::Io(e)) => {
+            eprintln!("sfmc-relay: {e}");
+            ExitCode::from(exit::IO)
+        }
+    }
+}
+
+fn serve(args: ServeArgs) -> ExitCode {
+    let live = match LiveRules::start(args.rules.clone(), !args.no_watch) {
+        Ok(l) => l,
+        Err(e) => {
+            eprintln!("{e}");
+            return ExitCode::from(exit::CONFIG);
+        }
+    };
+    let write_keys: Vec<String> = std::env::var("SFMC_RELAY_WRITE_KEYS")
+        .unwrap_or_default()
+        .split(',')
+        .map(|k| k.trim().to_string())
+        .filter(|k| !k.is_empty())
+        .collect();
+    let opts = commands::serve::ServeOptions {
+        listen: args.listen,
+        spool: sfmc_relay::spool::SpoolConfig::new(args.spool, args.spool_max_bytes),
+        dead_letter: args.dead_letter,
+        requests_per_second: args.requests_per_second,
+        write_keys,
+        drain_timeout: std::time::Duration::from_secs(args.drain_timeout),
+        env: Arc::new(|k: &str| std::env::var(k).ok()),
+        reload_failures: Default::default(),
+    };
+    let rt = runtime();
+    {
+        // Feed reload failures to /metrics.
+        let failures = opts.reload_failures.clone();
+        let mut events = live.subscribe();
+        rt.spawn(async move {
+            while let Ok(ev) = events.recv().await {
+                if matches!(ev, sfmc_relay::rules::live::ReloadEvent::Failed { .. }) {
+                    failures.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+                }
+            }
+        });
+    }
+    let source = live.clone();
+    let rules: commands::run::RuleSource = Arc::new(move || source.current());
+    match rt.block_on(commands::serve::serve(rules, opts)) {
+        Ok(summary) => {
+            if let Some(report) = &summary.simulator_report {
+                eprintln!("{}", report.trim_end());
+            }
+            eprintln!("{}", summary.render());
+            ExitCode::from(exit::OK)
         }
         Err(RunError::Config(e)) => {
             eprintln!("sfmc-relay: {e}");

@@ -3,5 +3,6 @@
 pub mod check;
 pub mod explain;
 pub mod run;
+pub mod serve;
 pub mod test;
 pub mod transform;

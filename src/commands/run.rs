@@ -138,16 +138,24 @@ enum Item {
     },
 }
 
-struct Target {
-    client: SfmcClient,
-    sim: Option<SimHandle>,
+/// Where events are delivered: SFMC, or the built-in simulator without credentials.
+pub struct Target {
+    pub client: SfmcClient,
+    /// The built-in simulator, when no credentials were set.
+    pub sim: Option<SimHandle>,
 }
 
-async fn target(program: &Program, opts: &RunOptions) -> Result<Target, RunError> {
-    let env = |k: &str| (opts.env)(k).filter(|v| !v.is_empty());
+/// The SFMC client for `program`'s delivery settings and the environment's credentials;
+/// without credentials, starts the built-in simulator (and says so on stderr).
+/// Shared by `run`, `replay` and `serve`.
+pub async fn target(
+    program: &Program,
+    env: &EnvSource,
+    requests_per_second: Option<u32>,
+) -> Result<Target, RunError> {
+    let env = |k: &str| env(k).filter(|v| !v.is_empty());
     let d = &program.settings.delivery;
-    let rps = opts
-        .requests_per_second
+    let rps = requests_per_second
         .or(Some(d.requests_per_second.unwrap_or(0)))
         .and_then(NonZeroU32::new);
     let config = ClientConfig {
@@ -216,6 +224,18 @@ delivering to the built-in SFMC simulator at {} (nothing leaves this machine)",
     let client =
         SfmcClient::new(endpoints, creds, config).map_err(|e| RunError::Config(e.to_string()))?;
     Ok(Target { client, sim: None })
+}
+
+/// The sink settings from the rules' `delivery:` section.
+pub fn sink_config(program: &Program) -> SinkConfig {
+    let d = &program.settings.delivery;
+    SinkConfig {
+        batch_rows: d.batch_rows,
+        batch_bytes: d.batch_bytes,
+        linger: d.linger,
+        lanes: d.max_in_flight.max(1),
+        contact_cache: d.contact_cache,
+    }
 }
 
 fn open(input: &Option<PathBuf>) -> Result<Box<dyn Read + Send>, RunError> {
@@ -334,15 +354,8 @@ fn reader_thread(
 /// Run the relay until the input ends or a signal arrives.
 pub async fn run(rules: RuleSource, opts: RunOptions) -> Result<RunSummary, RunError> {
     let program = rules();
-    let target = target(&program, &opts).await?;
-    let d = &program.settings.delivery;
-    let sink_config = SinkConfig {
-        batch_rows: d.batch_rows,
-        batch_bytes: d.batch_bytes,
-        linger: d.linger,
-        lanes: d.max_in_flight.max(1),
-        contact_cache: d.contact_cache,
-    };
+    let target = target(&program, &opts.env, opts.requests_per_second).await?;
+    let sink_config = sink_config(&program);
     let dead = Arc::new(DeadLetters::new(&opts.dead_letter));
     let counters = Arc::new(Counters::default());
     let mut sink = Sink::new(
@@ -476,7 +489,8 @@ fn draw_progress(started: Instant, s: &RunSummary, c: &Counters) {
     let _ = err.flush();
 }
 
-async fn wait_for_signal() {
+/// Resolves on SIGINT or SIGTERM.
+pub async fn wait_for_signal() {
     #[cfg(unix)]
     {
         use tokio::signal::unix::{SignalKind, signal};

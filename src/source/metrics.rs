@@ -1,0 +1,176 @@
+//! Ingest and delivery counters, rendered as Prometheus text for `GET /metrics`.
+
+use crate::sfmc::ClientStats;
+use crate::spool::SpoolStats;
+use std::fmt::Write;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
+
+/// Segment event types (anything else counts as `other`).
+pub const TYPES: [&str; 7] = [
+    "identify", "track", "page", "screen", "group", "alias", "other",
+];
+
+/// Index of an event type in [`TYPES`].
+pub fn type_index(t: Option<&str>) -> usize {
+    t.and_then(|t| TYPES[..6].iter().position(|x| *x == t))
+        .unwrap_or(6)
+}
+
+#[derive(Default)]
+pub struct PerType([AtomicU64; 7]);
+
+impl PerType {
+    pub fn add(&self, ty: usize, n: u64) {
+        self.0[ty.min(6)].fetch_add(n, Ordering::Relaxed);
+    }
+    pub fn get(&self, ty: usize) -> u64 {
+        self.0[ty].load(Ordering::Relaxed)
+    }
+    pub fn total(&self) -> u64 {
+        (0..7).map(|i| self.get(i)).sum()
+    }
+}
+
+/// Why a request was refused.
+pub const REFUSALS: [&str; 5] = [
+    "unauthorized",
+    "too_large",
+    "bad_request",
+    "spool_full",
+    "error",
+];
+
+#[derive(Default)]
+pub struct Metrics {
+    pub received: PerType,
+    pub delivered: PerType,
+    pub skipped: PerType,
+    pub dead_lettered: PerType,
+    pub refused: [AtomicU64; 5],
+    /// Failed rule reloads (incremented by the hot-reload hook; 0 with fixed rules).
+    pub reload_failures: Arc<AtomicU64>,
+}
+
+impl Metrics {
+    pub fn refuse(&self, reason: usize) {
+        self.refused[reason].fetch_add(1, Ordering::Relaxed);
+    }
+}
+
+fn per_type(out: &mut String, name: &str, help: &str, v: &PerType) {
+    let _ = writeln!(out, "# HELP {name} {help}\n# TYPE {name} counter");
+    for (i, t) in TYPES.iter().enumerate() {
+        let _ = writeln!(out, "{name}{{type=\"{t}\"}} {}", v.get(i));
+    }
+}
+
+fn escape(s: &str) -> String {
+    s.replace('\\', "\\\\")
+        .replace('"', "\\\"")
+        .replace('\n', "\\n")
+}
+
+/// Prometheus text exposition format (version 0.0.4).
+pub fn render(
+    m: &Metrics,
+    client: &ClientStats,
+    spool: &SpoolStats,
+    rules_version: &str,
+) -> String {
+    let mut o = String::with_capacity(4096);
+    per_type(
+        &mut o,
+        "sfmc_relay_events_received_total",
+        "Events accepted by the HTTP ingest (written to the spool).",
+        &m.received,
+    );
+    per_type(
+        &mut o,
+        "sfmc_relay_events_delivered_total",
+        "Events whose SFMC calls all succeeded.",
+        &m.delivered,
+    );
+    per_type(
+        &mut o,
+        "sfmc_relay_events_skipped_total",
+        "Events the rules skip (nothing to send).",
+        &m.skipped,
+    );
+    per_type(
+        &mut o,
+        "sfmc_relay_events_dead_lettered_total",
+        "Events written to the dead-letter file (rejected by the rules or failed in SFMC).",
+        &m.dead_lettered,
+    );
+    let _ = writeln!(
+        o,
+        "# HELP sfmc_relay_requests_refused_total Ingest requests answered with an error, by reason.\n# TYPE sfmc_relay_requests_refused_total counter"
+    );
+    for (i, r) in REFUSALS.iter().enumerate() {
+        let _ = writeln!(
+            o,
+            "sfmc_relay_requests_refused_total{{reason=\"{r}\"}} {}",
+            m.refused[i].load(Ordering::Relaxed)
+        );
+    }
+    let _ = writeln!(
+        o,
+        "# HELP sfmc_relay_sfmc_requests_total HTTP requests to SFMC (retries included) by endpoint.\n# TYPE sfmc_relay_sfmc_requests_total counter"
+    );
+    for (e, n) in &client.requests_per_endpoint {
+        let _ = writeln!(
+            o,
+            "sfmc_relay_sfmc_requests_total{{endpoint=\"{}\"}} {n}",
+            escape(e)
+        );
+    }
+    let _ = writeln!(
+        o,
+        "# HELP sfmc_relay_sfmc_responses_total SFMC REST responses by HTTP status.\n# TYPE sfmc_relay_sfmc_responses_total counter"
+    );
+    for (s, n) in &client.statuses {
+        let _ = writeln!(o, "sfmc_relay_sfmc_responses_total{{status=\"{s}\"}} {n}");
+    }
+    let _ = writeln!(
+        o,
+        "# HELP sfmc_relay_sfmc_retries_total SFMC REST attempts beyond the first of each call.\n# TYPE sfmc_relay_sfmc_retries_total counter\nsfmc_relay_sfmc_retries_total {}",
+        client.retries
+    );
+    let _ = writeln!(
+        o,
+        "# HELP sfmc_relay_sfmc_token_requests_total OAuth token requests.\n# TYPE sfmc_relay_sfmc_token_requests_total counter\nsfmc_relay_sfmc_token_requests_total {}",
+        client.token_requests
+    );
+    let _ = writeln!(
+        o,
+        "# HELP sfmc_relay_queue_depth Events in the spool not yet delivered or dead-lettered.\n# TYPE sfmc_relay_queue_depth gauge\nsfmc_relay_queue_depth {}",
+        spool.pending
+    );
+    let _ = writeln!(
+        o,
+        "# HELP sfmc_relay_spool_bytes Bytes of live spool segment files.\n# TYPE sfmc_relay_spool_bytes gauge\nsfmc_relay_spool_bytes {}",
+        spool.bytes
+    );
+    let _ = writeln!(
+        o,
+        "# HELP sfmc_relay_spool_max_bytes The spool's size bound (--spool-max-bytes); past it ingest answers 503.\n# TYPE sfmc_relay_spool_max_bytes gauge\nsfmc_relay_spool_max_bytes {}",
+        spool.max_bytes
+    );
+    let _ = writeln!(
+        o,
+        "# HELP sfmc_relay_spool_segments Live spool segment files.\n# TYPE sfmc_relay_spool_segments gauge\nsfmc_relay_spool_segments {}",
+        spool.segments
+    );
+    let _ = writeln!(
+        o,
+        "# HELP sfmc_relay_rules_info The rule set in use (version label).\n# TYPE sfmc_relay_rules_info gauge\nsfmc_relay_rules_info{{version=\"{}\"}} 1",
+        escape(rules_version)
+    );
+    let _ = writeln!(
+        o,
+        "# HELP sfmc_relay_rules_reload_failures_total Rule reloads that failed (the previous rules stay in use).\n# TYPE sfmc_relay_rules_reload_failures_total counter\nsfmc_relay_rules_reload_failures_total {}",
+        m.reload_failures.load(Ordering::Relaxed)
+    );
+    o
+}

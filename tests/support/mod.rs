@@ -1,0 +1,167 @@
+//! Running `sfmc-relay serve` as a real process against an in-process SFMC simulator.
+#![allow(dead_code)]
+
+use std::io::{BufRead, BufReader};
+use std::net::SocketAddr;
+use std::path::Path;
+use std::process::{Child, Command, ExitStatus, Stdio};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use sfmc_relay::sim::{self, SimConfig, SimHandle};
+
+pub const KEY: &str = "test-write-key";
+
+/// Rules used by the serve tests: identify -> `people` rows, Order Completed -> `orders`
+/// rows, Signed Up -> a Journey API event (not idempotent).
+pub fn rules(dir: &Path, extra_delivery: &str) -> std::path::PathBuf {
+    let d = dir.join("rules");
+    std::fs::create_dir_all(&d).unwrap();
+    std::fs::write(
+        d.join("rules.yaml"),
+        format!(
+            r#"
+identify:
+  data_extension: people
+  create_contacts: false
+delivery:
+  linger: 20ms
+  retry:
+    base_delay: 50ms
+    max_delay: 1s
+{extra_delivery}
+track:
+  - event: Order Completed
+    data_extension: orders
+    primary_key: Order Id, Contact Key
+  - event: Signed Up
+    api_event: signup-journey
+"#
+        ),
+    )
+    .unwrap();
+    d
+}
+
+pub async fn simulator() -> SimHandle {
+    sim::start(
+        SimConfig::from_yaml("clients: [{ client_id: abc, client_secret: s3cret }]").unwrap(),
+        "127.0.0.1:0".parse().unwrap(),
+    )
+    .await
+    .unwrap()
+}
+
+pub struct Relay {
+    pub child: Child,
+    pub addr: SocketAddr,
+    pub log: Arc<Mutex<String>>,
+}
+
+impl Relay {
+    pub fn start(spool: &Path, rules: &Path, sim: &SimHandle, args: &[&str]) -> Relay {
+        let mut child = Command::new(env!("CARGO_BIN_EXE_sfmc-relay"))
+            .arg("serve")
+            .arg("--rules")
+            .arg(rules)
+            .args(["--listen", "127.0.0.1:0", "--spool"])
+            .arg(spool)
+            .arg("--dead-letter")
+            .arg(spool.with_extension("deadletter.ndjson"))
+            .args(args)
+            .env("SFMC_RELAY_WRITE_KEYS", format!("other-key, {KEY}"))
+            .env("SFMC_CLIENT_ID", "abc")
+            .env("SFMC_CLIENT_SECRET", "s3cret")
+            .env("SFMC_AUTH_URL", sim.base_url())
+            .env("SFMC_REST_URL", sim.base_url())
+            .env_remove("SFMC_SUBDOMAIN")
+            .env_remove("SFMC_ACCOUNT_ID")
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(Stdio::piped())
+            .spawn()
+            .expect("start sfmc-relay serve");
+        let log = Arc::new(Mutex::new(String::new()));
+        let (tx, rx) = std::sync::mpsc::channel();
+        let stderr = child.stderr.take().unwrap();
+        {
+            let log = log.clone();
+            std::thread::spawn(move || {
+                for line in BufReader::new(stderr).lines() {
+                    let Ok(line) = line else { break };
+                    if let Some(rest) = line.split("listening on http://").nth(1) {
+                        let addr = rest.split_whitespace().next().unwrap().to_string();
+                        let _ = tx.send(addr);
+                    }
+                    let mut g = log.lock().unwrap();
+                    g.push_str(&line);
+                    g.push('\n');
+                }
+            });
+        }
+        let addr = match rx.recv_timeout(Duration::from_secs(30)) {
+            Ok(a) => a.parse().unwrap(),
+            Err(_) => {
+                let _ = child.kill();
+                panic!("serve did not start:\n{}", log.lock().unwrap());
+            }
+        };
+        Relay { child, addr, log }
+    }
+
+    pub fn url(&self, path: &str) -> String {
+        format!("http://{}{path}", self.addr)
+    }
+
+    pub fn log(&self) -> String {
+        self.log.lock().unwrap().clone()
+    }
+
+    /// SIGTERM, then wait (at most `within`) for the exit status.
+    pub fn terminate(&mut self, within: Duration) -> ExitStatus {
+        let ok = Command::new("kill")
+            .args(["-TERM", &self.child.id().to_string()])
+            .status()
+            .unwrap();
+        assert!(ok.success());
+        let start = Instant::now();
+        loop {
+            if let Some(s) = self.child.try_wait().unwrap() {
+                return s;
+            }
+            if start.elapsed() > within {
+                let _ = self.child.kill();
+                panic!(
+                    "serve did not exit within {within:?} of SIGTERM:\n{}",
+                    self.log()
+                );
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+
+    /// SIGKILL (no chance to flush anything).
+    pub fn kill9(&mut self) {
+        self.child.kill().unwrap();
+        self.child.wait().unwrap();
+    }
+}
+
+impl Drop for Relay {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// Poll `f` until it is true or `secs` pass.
+pub async fn eventually(secs: u64, what: &str, mut f: impl FnMut() -> bool) {
+    let start = Instant::now();
+    while !f() {
+        assert!(
+            start.elapsed() < Duration::from_secs(secs),
+            "timed out waiting for {what}"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}

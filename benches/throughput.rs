@@ -10,8 +10,12 @@
 //! Prints medians with min/max of the runs, and the ratios the targets are stated in.
 
 use sfmc_relay::corpus::{self, CorpusConfig};
+
+// The same allocator as the `sfmc-relay` binary.
+#[global_allocator]
+static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
 use sfmc_relay::rules;
-use sfmc_relay::transform::{Outcome, Trace, transform};
+use sfmc_relay::transform::{Outcome, Trace, transform_owned};
 use std::hint::black_box;
 use std::path::Path;
 use std::time::Instant;
@@ -34,9 +38,9 @@ fn transform_lines(program: &rules::Program, lines: &[String]) -> usize {
     let mut bytes = 0;
     for l in lines {
         let v: serde_json::Value = serde_json::from_str(l).unwrap();
-        if let Outcome::Actions(actions) = transform(program, &v, &mut Trace::off()) {
+        if let Outcome::Actions(actions) = transform_owned(program, v, &mut Trace::off()) {
             for a in &actions {
-                bytes += serde_json::to_vec(&a.call().body).unwrap().len();
+                bytes += serde_json::to_vec(&a.body()).unwrap().len();
             }
         }
     }

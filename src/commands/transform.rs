@@ -3,7 +3,7 @@
 use crate::action::Body;
 use crate::event::{Line, parse_line};
 use crate::rules::Program;
-use crate::transform::{Outcome, Trace, transform};
+use crate::transform::{Outcome, Trace, transform_owned};
 use serde::Serialize;
 use std::io::{BufRead, BufReader, Read, Write};
 use std::sync::Arc;
@@ -117,9 +117,9 @@ pub fn run<R: Read>(
                     write_outcome(out, line_no, &Outcome::Rejected(reason), &mut counts)?;
                 }
                 Line::Events(events) => {
-                    for ev in &events {
+                    for ev in events {
                         counts.events += 1;
-                        let outcome = transform(&program, ev, &mut Trace::off());
+                        let outcome = transform_owned(&program, ev, &mut Trace::off());
                         write_outcome(out, line_no, &outcome, &mut counts)?;
                     }
                 }

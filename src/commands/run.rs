@@ -272,6 +272,63 @@ fn line_events(text: &str, line: u64, kind: InputKind) -> Line {
     }
 }
 
+/// Lines handed to a transform worker, with the rule set they are processed by.
+struct Job {
+    lines: Vec<(u64, Vec<u8>)>,
+    program: Arc<Program>,
+    reply: std::sync::mpsc::SyncSender<Vec<Item>>,
+}
+
+/// Parse and interpret one chunk of lines (runs on a worker thread).
+fn process_chunk(job: &Job, kind: InputKind) -> Vec<Item> {
+    let program = &job.program;
+    let version: Arc<str> = Arc::from(program.version.as_str());
+    let mut items = Vec::with_capacity(job.lines.len());
+    for (line, buf) in &job.lines {
+        let line = *line;
+        match std::str::from_utf8(buf) {
+            Err(e) => items.push(Item::Invalid {
+                line,
+                version: version.clone(),
+                raw: String::from_utf8_lossy(buf).into_owned(),
+                reason: format!("line {}: not UTF-8 text: {e}", line + 1),
+            }),
+            Ok(text) => match line_events(text, line, kind) {
+                Line::Blank => {}
+                Line::Invalid(reason) => items.push(Item::Invalid {
+                    line,
+                    version: version.clone(),
+                    raw: text.trim_end().to_string(),
+                    reason,
+                }),
+                Line::Events(events) => {
+                    for ev in events {
+                        let outcome = transform(program, &ev, &mut Trace::off());
+                        items.push(Item::Event {
+                            line,
+                            version: version.clone(),
+                            event: Arc::new(ev),
+                            outcome,
+                        });
+                    }
+                }
+            },
+        }
+    }
+    items
+}
+
+/// Lines per chunk handed to a worker (a partial chunk goes as soon as the input pauses).
+const CHUNK_LINES: usize = 256;
+
+/// Read lines, interpret them on worker threads, and hand the results to the async side
+/// in input order.
+///
+/// The reader cuts the input into chunks (each processed entirely by the rule set current
+/// when it was cut); workers parse and interpret chunks in parallel; a sequencer thread
+/// forwards each chunk's results in the order the chunks were read, so per-key order is
+/// kept. When the relay stops (the channel is closed), items not yet accepted are written
+/// to the dead-letter file and no more input is read.
 fn reader_thread(
     input: Box<dyn Read + Send>,
     kind: InputKind,
@@ -281,74 +338,103 @@ fn reader_thread(
     dead: Arc<DeadLetters>,
     dead_count: Arc<AtomicU64>,
 ) -> std::io::Result<()> {
-    let mut reader = BufReader::with_capacity(256 * 1024, input);
-    let mut buf = Vec::new();
-    let mut line: u64 = 0;
-    loop {
-        buf.clear();
-        if reader.read_until(b'\n', &mut buf)? == 0 {
-            return Ok(());
-        }
-        lines_read.fetch_add(1, Ordering::Relaxed);
-        let program = rules();
-        let version: Arc<str> = Arc::from(program.version.as_str());
-        let items: Vec<Item> = match std::str::from_utf8(&buf) {
-            Err(e) => vec![Item::Invalid {
-                line,
-                version: version.clone(),
-                raw: String::from_utf8_lossy(&buf).into_owned(),
-                reason: format!("line {}: not UTF-8 text: {e}", line + 1),
-            }],
-            Ok(text) => match line_events(text, line, kind) {
-                Line::Blank => vec![],
-                Line::Invalid(reason) => vec![Item::Invalid {
-                    line,
-                    version: version.clone(),
-                    raw: text.trim_end().to_string(),
-                    reason,
-                }],
-                Line::Events(events) => events
-                    .into_iter()
-                    .map(|ev| {
-                        let outcome = transform(&program, &ev, &mut Trace::off());
-                        Item::Event {
-                            line,
-                            version: version.clone(),
-                            event: Arc::new(ev),
-                            outcome,
+    let workers = std::thread::available_parallelism()
+        .map(|n| n.get())
+        .unwrap_or(1)
+        .clamp(1, 8);
+    let (job_tx, job_rx) = std::sync::mpsc::sync_channel::<Job>(workers * 2);
+    let job_rx = Arc::new(std::sync::Mutex::new(job_rx));
+    for i in 0..workers {
+        let job_rx = job_rx.clone();
+        std::thread::Builder::new()
+            .name(format!("sfmc-relay-transform-{i}"))
+            .spawn(move || {
+                loop {
+                    let job = match job_rx.lock().unwrap_or_else(|e| e.into_inner()).recv() {
+                        Ok(job) => job,
+                        Err(_) => return,
+                    };
+                    let items = process_chunk(&job, kind);
+                    let _ = job.reply.send(items);
+                }
+            })?;
+    }
+    let stopped = Arc::new(AtomicBool::new(false));
+    let (order_tx, order_rx) =
+        std::sync::mpsc::sync_channel::<std::sync::mpsc::Receiver<Vec<Item>>>(workers * 4);
+    let sequencer = {
+        let stopped = stopped.clone();
+        std::thread::Builder::new()
+            .name("sfmc-relay-sequencer".into())
+            .spawn(move || -> std::io::Result<()> {
+                for reply in order_rx {
+                    let Ok(items) = reply.recv() else { continue };
+                    for item in items {
+                        if let Err(mpsc::error::SendError(item)) = tx.blocking_send(item) {
+                            // The relay is stopping: this event was read but will not be sent.
+                            stopped.store(true, Ordering::SeqCst);
+                            let (line, version, event) = match item {
+                                Item::Event {
+                                    line,
+                                    version,
+                                    event,
+                                    ..
+                                } => (line, version, (*event).clone()),
+                                Item::Invalid {
+                                    line, version, raw, ..
+                                } => (line, version, Value::String(raw)),
+                            };
+                            dead.write(line, &version, &event, &crate::sfmc::deadletter::Failure::rejected(
+                                "the relay stopped (signal) before this event was sent; replay this file to send it",
+                            ))?;
+                            dead_count.fetch_add(1, Ordering::Relaxed);
                         }
-                    })
-                    .collect(),
-            },
+                    }
+                }
+                Ok(())
+            })?
+    };
+
+    let mut reader = BufReader::with_capacity(256 * 1024, input);
+    let mut line: u64 = 0;
+    let mut chunk: Vec<(u64, Vec<u8>)> = Vec::with_capacity(CHUNK_LINES);
+    let mut result = Ok(());
+    loop {
+        let mut buf = Vec::new();
+        let n = match reader.read_until(b'\n', &mut buf) {
+            Ok(n) => n,
+            Err(e) => {
+                result = Err(e);
+                0
+            }
         };
-        let mut stopped = false;
-        for item in items {
-            if let Err(mpsc::error::SendError(item)) = tx.blocking_send(item) {
-                // The relay is stopping: this event was read but will not be sent.
-                stopped = true;
-                let (line, version, event) = match item {
-                    Item::Event {
-                        line,
-                        version,
-                        event,
-                        ..
-                    } => (line, version, (*event).clone()),
-                    Item::Invalid {
-                        line, version, raw, ..
-                    } => (line, version, Value::String(raw)),
-                };
-                dead.write(line, &version, &event, &crate::sfmc::deadletter::Failure::rejected(
-                    "the relay stopped (signal) before this event was sent; replay this file to send it",
-                ))?;
-                dead_count.fetch_add(1, Ordering::Relaxed);
+        if n > 0 {
+            lines_read.fetch_add(1, Ordering::Relaxed);
+            chunk.push((line, buf));
+            line += 1;
+        }
+        let eof = n == 0;
+        if !chunk.is_empty() && (eof || chunk.len() >= CHUNK_LINES || reader.buffer().is_empty()) {
+            let (reply_tx, reply_rx) = std::sync::mpsc::sync_channel(1);
+            let job = Job {
+                lines: std::mem::take(&mut chunk),
+                program: rules(),
+                reply: reply_tx,
+            };
+            if order_tx.send(reply_rx).is_err() || job_tx.send(job).is_err() {
+                break;
             }
         }
-        if stopped {
-            // No more input is read once the relay stops.
-            return Ok(());
+        if eof || stopped.load(Ordering::SeqCst) {
+            break;
         }
-        line += 1;
     }
+    drop(job_tx);
+    drop(order_tx);
+    let seq = sequencer
+        .join()
+        .map_err(|_| std::io::Error::other("the sequencer thread panicked"))?;
+    result.and(seq)
 }
 
 /// Run the relay until the input ends or a signal arrives.

@@ -74,6 +74,18 @@ fn main() {
     let threads = std::thread::available_parallelism()
         .map(|n| n.get())
         .unwrap_or(1);
+    // For instruction counts under valgrind: `BENCH_ONLY=baseline|transform`.
+    match std::env::var("BENCH_ONLY").as_deref() {
+        Ok("baseline") => {
+            black_box(baseline(&lines));
+            return;
+        }
+        Ok("transform") => {
+            black_box(transform_lines(&program, &lines));
+            return;
+        }
+        _ => {}
+    }
 
     let (mut base, mut one, mut all) = (vec![], vec![], vec![]);
     for _ in 0..runs {

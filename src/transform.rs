@@ -359,7 +359,8 @@ fn build(
             )));
         }
     };
-    let mut converted = Map::new();
+    let mut converted =
+        Map::with_capacity(data.as_ref().map_or(0, |d| d.len()) + p.context_columns.len());
     if let Some(d) = data {
         convert(p, d, "", &mut converted, tr)?;
     }
@@ -703,9 +704,11 @@ fn context_values(
     data: &Map<String, Value>,
     tr: &mut Trace,
 ) -> Result<Map<String, Value>, Outcome> {
-    let mut out = Map::new();
-    for cc in &p.context_columns {
-        let Some(v) = cc.path.get(event) else {
+    let mut out = Map::with_capacity(p.context_columns.len());
+    let mut found = Vec::new();
+    p.context_paths.get_all(event, &mut found);
+    for (cc, v) in p.context_columns.iter().zip(found) {
+        let Some(v) = v else {
             continue;
         };
         let outcome = match v {

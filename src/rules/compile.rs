@@ -310,6 +310,7 @@ pub fn compile(
         nulls: Nulls::Drop,
         dates: Vec::new(),
         context_columns: Vec::new(),
+        context_paths: Default::default(),
         identify: Identify {
             contact_key: ["userId", "traits.email", "context.traits.email"]
                 .iter()
@@ -451,6 +452,8 @@ pub fn compile(
         }
     }
 
+    program.context_paths =
+        super::path::PathSet::new(program.context_columns.iter().map(|c| &c.path));
     if diags.iter().any(|d| d.severity == Severity::Error) {
         Err(diags)
     } else {

@@ -85,6 +85,83 @@ impl KeyPath {
     }
 }
 
+/// Many plain paths looked up together (the context table): one walk of the event visits
+/// each object once and matches keys by comparison, instead of hashing every segment of
+/// every path (measured: a third of the interpreter's instructions before this).
+/// JSONPath entries are looked up one by one.
+#[derive(Debug, Clone, Default)]
+pub struct PathSet {
+    root: TrieNode,
+    json: Vec<(usize, KeyPath)>,
+    len: usize,
+}
+
+#[derive(Debug, Clone, Default)]
+struct TrieNode {
+    children: Vec<(String, TrieNode)>,
+    leaves: Vec<usize>,
+}
+
+impl PathSet {
+    pub fn new<'a>(paths: impl IntoIterator<Item = &'a KeyPath>) -> PathSet {
+        let mut set = PathSet::default();
+        for (i, p) in paths.into_iter().enumerate() {
+            set.len = i + 1;
+            match &p.kind {
+                Kind::Keys(keys) => {
+                    let mut node = &mut set.root;
+                    for k in keys {
+                        let pos = match node.children.iter().position(|(c, _)| c == k) {
+                            Some(pos) => pos,
+                            None => {
+                                node.children.push((k.clone(), TrieNode::default()));
+                                node.children.len() - 1
+                            }
+                        };
+                        node = &mut node.children[pos].1;
+                    }
+                    node.leaves.push(i);
+                }
+                Kind::Json(_) => set.json.push((i, p.clone())),
+            }
+        }
+        set
+    }
+
+    /// `out[i]` = the value at path `i` (first match), or `None`.
+    pub fn get_all<'a>(&self, root: &'a Value, out: &mut Vec<Option<&'a Value>>) {
+        out.clear();
+        out.resize(self.len, None);
+        walk(&self.root, root, out);
+        for (i, p) in &self.json {
+            out[*i] = p.get(root);
+        }
+    }
+}
+
+fn walk<'a>(node: &TrieNode, v: &'a Value, out: &mut [Option<&'a Value>]) {
+    for &i in &node.leaves {
+        out[i] = Some(v);
+    }
+    if node.children.is_empty() {
+        return;
+    }
+    let Some(obj) = v.as_object() else { return };
+    if obj.len() <= node.children.len() * 4 {
+        for (k, cv) in obj {
+            if let Some((_, child)) = node.children.iter().find(|(c, _)| c == k) {
+                walk(child, cv, out);
+            }
+        }
+    } else {
+        for (k, child) in &node.children {
+            if let Some(cv) = obj.get(k.as_str()) {
+                walk(child, cv, out);
+            }
+        }
+    }
+}
+
 /// `a.b.c` where every segment is a plain identifier-like key.
 fn simple_keys(s: &str) -> Option<Vec<String>> {
     let keys: Vec<String> = s.split('.').map(str::to_string).collect();
@@ -138,6 +215,31 @@ mod tests {
         assert_eq!(kp.get_all(&e), vec![&json!("b")]);
         let kp = KeyPath::compile("$['context']['library']['name']").unwrap();
         assert_eq!(kp.get(&e), Some(&json!("analytics.js")));
+    }
+
+    #[test]
+    fn path_set_matches_single_lookups() {
+        let e = json!({"context":{"app":{"name":"A","version":"1"},"ip":"1.2.3.4","screen":{"width":3}},
+                       "big":{"a":1,"b":2,"c":3,"d":4,"e":5,"f":6,"g":7,"h":8,"i":9}});
+        let srcs = [
+            "context.app.name",
+            "context.app.version",
+            "context.ip",
+            "context.app",
+            "context.nope.x",
+            "context.screen.width",
+            "$.context.screen.width",
+            "big.h",
+            "$.context['ip']",
+            "context.ip",
+        ];
+        let paths: Vec<KeyPath> = srcs.iter().map(|s| KeyPath::compile(s).unwrap()).collect();
+        let set = PathSet::new(&paths);
+        let mut out = Vec::new();
+        set.get_all(&e, &mut out);
+        for (i, p) in paths.iter().enumerate() {
+            assert_eq!(out[i], p.get(&e), "{}", srcs[i]);
+        }
     }
 
     #[test]

@@ -21,6 +21,8 @@ pub struct Program {
     /// Columns whose values are normalised to ISO-8601 UTC (matched case-insensitively).
     pub dates: Vec<String>,
     pub context_columns: Vec<ContextColumn>,
+    /// The context columns' paths, compiled for one walk per event.
+    pub context_paths: super::path::PathSet,
     pub identify: Identify,
     pub mappings: Vec<Mapping>,
     pub skip: Vec<Filter>,

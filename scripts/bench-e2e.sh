@@ -26,7 +26,7 @@ export SFMC_AUTH_URL=http://127.0.0.1:$PORT SFMC_REST_URL=http://127.0.0.1:$PORT
 start=$(date +%s.%N)
 $BIN corpus -n "$N" --users "$U" \
   | /usr/bin/time -f '%M' -o "$work/rss" \
-    $BIN run --rules examples/ecommerce/rules --requests-per-second 0 -q \
+    $BIN run --rules ${RULES:-examples/ecommerce/rules} --requests-per-second 0 -q \
       --dead-letter "$work/dead.ndjson" 2>"$work/run.log"
 end=$(date +%s.%N)
 secs=$(echo "$end - $start" | bc -l)

@@ -452,7 +452,7 @@ pub async fn run(rules: RuleSource, opts: RunOptions) -> Result<RunSummary, RunE
     );
 
     let input = open(&opts.input)?;
-    let (tx, mut rx) = mpsc::channel::<Item>(4096);
+    let (tx, mut rx) = mpsc::channel::<Item>(1024);
     let lines = Arc::new(AtomicU64::new(0));
     let late_dead = Arc::new(AtomicU64::new(0));
     let reader = {

@@ -14,7 +14,7 @@
 
 use super::client::{SendError, SfmcClient};
 use super::deadletter::{DeadLetters, Failure};
-use crate::action::{Action, CONTACTS_PATH, EVENTS_PATH, rowset_path};
+use crate::action::{Action, CONTACTS_PATH, EVENTS_PATH, RowRef, rowset_path};
 use bytes::Bytes;
 use indexmap::IndexMap;
 use reqwest::Method;
@@ -509,11 +509,46 @@ async fn lane_loop(shared: Arc<Shared>, de: String, mut rx: mpsc::Receiver<RowMs
     }
 }
 
+/// The serialised size of `{"keys":{..},"values":{..}}`, computed without serialising:
+/// exact for strings (escapes counted at their longest, `\u00XX`), a safe upper bound
+/// for numbers.
 fn row_size(keys: &Map<String, Value>, values: &Map<String, Value>) -> usize {
-    // {"keys":{..},"values":{..}}
-    let k = serde_json::to_vec(keys).map(|v| v.len()).unwrap_or(0);
-    let v = serde_json::to_vec(values).map(|v| v.len()).unwrap_or(0);
-    k + v + 20
+    fn str_len(s: &str) -> usize {
+        2 + s.len()
+            + s.bytes()
+                .filter(|b| *b < 0x20 || *b == b'"' || *b == b'\\')
+                .count()
+                * 5
+    }
+    fn value_len(v: &Value) -> usize {
+        match v {
+            Value::Null => 4,
+            Value::Bool(_) => 5,
+            Value::Number(_) => 24,
+            Value::String(s) => str_len(s),
+            Value::Array(a) => 2 + a.iter().map(|x| value_len(x) + 1).sum::<usize>(),
+            Value::Object(m) => map_len(m),
+        }
+    }
+    fn map_len(m: &Map<String, Value>) -> usize {
+        2 + m
+            .iter()
+            .map(|(k, v)| str_len(k) + 2 + value_len(v))
+            .sum::<usize>()
+    }
+    map_len(keys) + map_len(values) + 20
+}
+
+/// A rowset body, serialised from the rows without copying them.
+fn rowset_body(rows: &[Row]) -> Vec<u8> {
+    let refs: Vec<RowRef> = rows
+        .iter()
+        .map(|r| RowRef {
+            keys: &r.keys,
+            values: &r.values,
+        })
+        .collect();
+    serde_json::to_vec(&refs).expect("JSON values serialize")
 }
 
 /// Send rows as one rowset; on a permanent 400, split and resend the halves until each
@@ -525,8 +560,7 @@ async fn send_rows(shared: &Shared, path: &str, rows: Vec<Row>) {
         if chunk.is_empty() {
             continue;
         }
-        let body = Value::Array(chunk.iter().map(Row::json).collect());
-        let bytes = Bytes::from(serde_json::to_vec(&body).expect("JSON values serialize"));
+        let bytes = Bytes::from(rowset_body(&chunk));
         match shared.client.send(Method::POST, path, bytes).await {
             Ok(_) => {
                 for row in chunk {
@@ -554,6 +588,34 @@ async fn send_rows(shared: &Shared, path: &str, rows: Vec<Row>) {
                     }
                 }
             }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn row_size_is_never_below_the_serialised_size() {
+        for (k, v) in [
+            (
+                json!({"Contact Key": "u-1"}),
+                json!({"Email": "a@b.c", "N": 3, "B": true}),
+            ),
+            (
+                json!({"K": "q\"uo\\te\n\u{1}"}),
+                json!({"Ünïcødé": "日本語 🎉", "F": -1.5e300}),
+            ),
+            (json!({}), json!({})),
+        ] {
+            let (k, v) = (k.as_object().unwrap(), v.as_object().unwrap());
+            let real = serde_json::to_vec(&json!({"keys": k, "values": v}))
+                .unwrap()
+                .len();
+            let est = row_size(k, v);
+            assert!(est >= real, "{est} < {real}");
+            assert!(est <= real + 80, "{est} far above {real}");
         }
     }
 }

@@ -189,6 +189,7 @@ async fn segment_api_auth_gzip_limits_metrics() {
         "sfmc_relay_requests_refused_total{reason=\"unauthorized\"} 4",
         "sfmc_relay_requests_refused_total{reason=\"too_large\"} 4",
         "sfmc_relay_sfmc_requests_total{endpoint=\"events\"} 1",
+        "sfmc_relay_sfmc_endpoint_responses_total{endpoint=\"events\",status=\"201\"} 1",
         "sfmc_relay_sfmc_responses_total{status=\"201\"} 1",
         "sfmc_relay_queue_depth 0",
         "sfmc_relay_rules_reload_failures_total 0",

@@ -798,7 +798,7 @@ fn stats_serialize() {
     let v = serde_json::to_value(c.stats()).unwrap();
     assert_eq!(
         v,
-        json!({"requests_per_endpoint":{},"retries":0,"token_requests":0,"statuses":{}})
+        json!({"requests_per_endpoint":{},"retries":0,"token_requests":0,"statuses":{},"responses":{},"retries_per_endpoint":{}})
     );
     assert_eq!(
         sfmc_relay::sfmc::client::endpoint_pattern("/hub/v1/dataevents/key:X/rows/Id:1"),

@@ -96,6 +96,10 @@ pub struct ClientStats {
     pub token_requests: u64,
     /// REST response statuses (token responses excluded).
     pub statuses: BTreeMap<u16, u64>,
+    /// REST responses by endpoint pattern and status.
+    pub responses: BTreeMap<String, BTreeMap<u16, u64>>,
+    /// Retries by endpoint pattern.
+    pub retries_per_endpoint: BTreeMap<String, u64>,
 }
 
 const ENDPOINT_NAMES: [&str; 8] = [
@@ -148,8 +152,11 @@ fn endpoint_index(path: &str) -> usize {
 struct Stats {
     endpoints: [AtomicU64; ENDPOINT_NAMES.len()],
     retries: AtomicU64,
+    retries_per_endpoint: [AtomicU64; ENDPOINT_NAMES.len()],
     /// Indexed by status code (100..=599 in practice).
     statuses: Box<[AtomicU64]>,
+    /// Indexed by endpoint * 600 + status code.
+    endpoint_statuses: Box<[AtomicU64]>,
 }
 
 impl Stats {
@@ -157,7 +164,11 @@ impl Stats {
         Stats {
             endpoints: Default::default(),
             retries: AtomicU64::new(0),
+            retries_per_endpoint: Default::default(),
             statuses: (0..600).map(|_| AtomicU64::new(0)).collect(),
+            endpoint_statuses: (0..600 * ENDPOINT_NAMES.len())
+                .map(|_| AtomicU64::new(0))
+                .collect(),
         }
     }
 }
@@ -266,7 +277,25 @@ impl SfmcClient {
         if token_requests > 0 {
             requests_per_endpoint.insert("token".into(), token_requests);
         }
+        let mut responses: BTreeMap<String, BTreeMap<u16, u64>> = BTreeMap::new();
+        for (i, c) in s.endpoint_statuses.iter().enumerate() {
+            let n = c.load(Ordering::Relaxed);
+            if n > 0 {
+                responses
+                    .entry(ENDPOINT_NAMES[i / 600].to_string())
+                    .or_default()
+                    .insert((i % 600) as u16, n);
+            }
+        }
+        let retries_per_endpoint = ENDPOINT_NAMES
+            .iter()
+            .zip(&s.retries_per_endpoint)
+            .map(|(n, c)| (n.to_string(), c.load(Ordering::Relaxed)))
+            .filter(|(_, c)| *c > 0)
+            .collect();
         ClientStats {
+            responses,
+            retries_per_endpoint,
             requests_per_endpoint,
             retries: s.retries.load(Ordering::Relaxed),
             token_requests,
@@ -311,6 +340,7 @@ impl SfmcClient {
             attempts += 1;
             if attempts > 1 {
                 inner.stats.retries.fetch_add(1, Ordering::Relaxed);
+                inner.stats.retries_per_endpoint[endpoint].fetch_add(1, Ordering::Relaxed);
             }
             let failure = match self
                 .attempt(&method, path, &url, endpoint, &body, attempts)
@@ -468,6 +498,14 @@ impl SfmcClient {
         };
         let status = resp.status().as_u16();
         if let Some(c) = inner.stats.statuses.get(status as usize) {
+            c.fetch_add(1, Ordering::Relaxed);
+        }
+        if (status as usize) < 600
+            && let Some(c) = inner
+                .stats
+                .endpoint_statuses
+                .get(endpoint * 600 + status as usize)
+        {
             c.fetch_add(1, Ordering::Relaxed);
         }
         tracing::debug!(%method, path, status, attempt, "SFMC response");

@@ -134,6 +134,30 @@ pub fn render(
     }
     let _ = writeln!(
         o,
+        "# HELP sfmc_relay_sfmc_endpoint_responses_total SFMC REST responses by endpoint and HTTP status.\n# TYPE sfmc_relay_sfmc_endpoint_responses_total counter"
+    );
+    for (e, by_status) in &client.responses {
+        for (s, n) in by_status {
+            let _ = writeln!(
+                o,
+                "sfmc_relay_sfmc_endpoint_responses_total{{endpoint=\"{}\",status=\"{s}\"}} {n}",
+                escape(e)
+            );
+        }
+    }
+    let _ = writeln!(
+        o,
+        "# HELP sfmc_relay_sfmc_endpoint_retries_total SFMC REST retries by endpoint.\n# TYPE sfmc_relay_sfmc_endpoint_retries_total counter"
+    );
+    for (e, n) in &client.retries_per_endpoint {
+        let _ = writeln!(
+            o,
+            "sfmc_relay_sfmc_endpoint_retries_total{{endpoint=\"{}\"}} {n}",
+            escape(e)
+        );
+    }
+    let _ = writeln!(
+        o,
         "# HELP sfmc_relay_sfmc_retries_total SFMC REST attempts beyond the first of each call.\n# TYPE sfmc_relay_sfmc_retries_total counter\nsfmc_relay_sfmc_retries_total {}",
         client.retries
     );

@@ -4,7 +4,9 @@
 //! at that line; the async side hands each event's actions to the [`Sink`] and counts
 //! outcomes. Rejected events and failed deliveries go to the dead-letter file.
 
-use crate::event::{Line, parse_line};
+use crate::event::{
+    Line, MAX_LINE_BYTES, ReadLine, parse_line, preview, read_line_limited, too_long_reason,
+};
 use crate::rules::Program;
 use crate::sfmc::deadletter::DeadLetters;
 use crate::sfmc::sink::{Counters, Sink, SinkConfig};
@@ -12,7 +14,7 @@ use crate::sfmc::{ClientConfig, ClientStats, Credentials, Endpoints, RetryPolicy
 use crate::sim::{self, SimHandle};
 use crate::transform::{Outcome, Trace, transform};
 use serde_json::Value;
-use std::io::{BufRead, BufReader, IsTerminal, Read, Write};
+use std::io::{BufReader, IsTerminal, Read, Write};
 use std::num::NonZeroU32;
 use std::path::PathBuf;
 use std::sync::Arc;
@@ -265,21 +267,32 @@ fn reader_thread(
     let mut buf = Vec::new();
     let mut line: u64 = 0;
     loop {
-        buf.clear();
-        if reader.read_until(b'\n', &mut buf)? == 0 {
+        let read = read_line_limited(&mut reader, &mut buf, MAX_LINE_BYTES)?;
+        if read == ReadLine::Eof {
             return Ok(());
         }
         lines_read.fetch_add(1, Ordering::Relaxed);
         let program = rules();
         let version: Arc<str> = Arc::from(program.version.as_str());
-        let items: Vec<Item> = match std::str::from_utf8(&buf) {
-            Err(e) => vec![Item::Invalid {
+        let text = match read {
+            // Longer than MAX_LINE_BYTES: dead-lettered with its start only.
+            ReadLine::TooLong { len } => Err(Item::Invalid {
+                line,
+                version: version.clone(),
+                raw: preview(&buf),
+                reason: too_long_reason(line, len),
+            }),
+            _ => Ok(std::str::from_utf8(&buf)),
+        };
+        let items: Vec<Item> = match text {
+            Err(item) => vec![item],
+            Ok(Err(e)) => vec![Item::Invalid {
                 line,
                 version: version.clone(),
                 raw: String::from_utf8_lossy(&buf).into_owned(),
                 reason: format!("line {}: not UTF-8 text: {e}", line + 1),
             }],
-            Ok(text) => match line_events(text, line, kind) {
+            Ok(Ok(text)) => match line_events(text, line, kind) {
                 Line::Blank => vec![],
                 Line::Invalid(reason) => vec![Item::Invalid {
                     line,

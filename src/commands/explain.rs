@@ -4,7 +4,9 @@
 //! why, every key renamed, every value dropped (nested, null, collision) and why, the
 //! primary key, and the SFMC calls produced (or the skip/reject reason).
 
-use crate::event::{Line, MAX_LINE_BYTES, ReadLine, parse_line, read_line_limited, too_long_reason};
+use crate::event::{
+    Line, MAX_LINE_BYTES, ReadLine, parse_line, read_line_limited, too_long_reason,
+};
 use crate::rules::Program;
 use crate::transform::{Note, Outcome, Trace, transform};
 use serde_json::Value;

@@ -1,7 +1,9 @@
 //! `sfmc-relay transform`: events in, the SFMC calls they cause out (NDJSON, unbatched).
 
 use crate::action::Body;
-use crate::event::{Line, MAX_LINE_BYTES, ReadLine, parse_line, read_line_limited, too_long_reason};
+use crate::event::{
+    Line, MAX_LINE_BYTES, ReadLine, parse_line, read_line_limited, too_long_reason,
+};
 use crate::rules::Program;
 use crate::transform::{Outcome, Trace, transform};
 use serde::Serialize;

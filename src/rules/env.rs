@@ -77,10 +77,12 @@ pub fn interpolate(input: &str, env: EnvLookup) -> Result<String, String> {
 /// named like a secret): never interpolated into rules.
 pub fn is_secret_var(name: &str) -> bool {
     let upper = name.to_ascii_uppercase();
-    matches!(upper.as_str(), "SFMC_CLIENT_SECRET" | "SFMC_RELAY_WRITE_KEYS")
-        || ["SECRET", "PASSWORD", "TOKEN", "WRITE_KEY"]
-            .iter()
-            .any(|w| upper.contains(w))
+    matches!(
+        upper.as_str(),
+        "SFMC_CLIENT_SECRET" | "SFMC_RELAY_WRITE_KEYS"
+    ) || ["SECRET", "PASSWORD", "TOKEN", "WRITE_KEY"]
+        .iter()
+        .any(|w| upper.contains(w))
 }
 
 fn is_var_name(name: &str) -> bool {

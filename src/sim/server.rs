@@ -979,14 +979,20 @@ pub fn check_request_body(body: &[u8]) -> usize {
         ("Id", ColumnType::Text(50)),
         ("Email", ColumnType::EmailAddress),
         ("Count", ColumnType::Number),
-        ("Price", ColumnType::Decimal {
-            precision: 18,
-            scale: 2,
-        }),
-        ("Small", ColumnType::Decimal {
-            precision: 2,
-            scale: 2,
-        }),
+        (
+            "Price",
+            ColumnType::Decimal {
+                precision: 18,
+                scale: 2,
+            },
+        ),
+        (
+            "Small",
+            ColumnType::Decimal {
+                precision: 2,
+                scale: 2,
+            },
+        ),
         ("Flag", ColumnType::Boolean),
         ("When", ColumnType::Date),
         ("Phone", ColumnType::Phone),

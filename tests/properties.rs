@@ -167,7 +167,11 @@ fn programs() -> Vec<(&'static str, Arc<Program>)> {
     vec![
         (
             "default",
-            Arc::new(rules::load(Some(&root.join("rules")), &env, 1).unwrap().program),
+            Arc::new(
+                rules::load(Some(&root.join("rules")), &env, 1)
+                    .unwrap()
+                    .program,
+            ),
         ),
         (
             "ecommerce",
@@ -403,7 +407,11 @@ async fn landed(events: &[Value], batch_rows: usize, tmp: &Path) -> BTreeMap<Str
         linger: "5ms",
         ..Settings::default()
     });
-    let program = Arc::new(rules::load(Some(dir.path()), &|_: &str| None, 1).unwrap().program);
+    let program = Arc::new(
+        rules::load(Some(dir.path()), &|_: &str| None, 1)
+            .unwrap()
+            .program,
+    );
     let sim = sfmc_relay::sim::start(
         sfmc_relay::sim::SimConfig::default(),
         "127.0.0.1:0".parse().unwrap(),

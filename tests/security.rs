@@ -49,6 +49,8 @@ fn p(path: &Path) -> &str {
     path.to_str().unwrap()
 }
 
+type Env = Vec<(String, String)>;
+
 struct Secrets {
     secret: String,
     write_key: String,
@@ -99,7 +101,7 @@ data_extensions:\n  contacts:\n    primary_keys: [Contact Key]\n    columns: {{ 
     );
     std::fs::write(&input, events).unwrap();
 
-    let env_for = |sim: &SimHandle| -> Vec<(String, String)> {
+    let env_for = |sim: &SimHandle| -> Env {
         vec![
             ("RUST_LOG".into(), "debug".into()),
             ("SFMC_CLIENT_ID".into(), "sec-client".into()),
@@ -109,9 +111,8 @@ data_extensions:\n  contacts:\n    primary_keys: [Contact Key]\n    columns: {{ 
             ("SFMC_REST_URL".into(), sim.base_url().to_string()),
         ]
     };
-    let as_refs = |v: &[(String, String)]| -> Vec<(String, String)> { v.to_vec() };
 
-    let mut runs: Vec<(String, Vec<String>, Vec<(String, String)>)> = Vec::new();
+    let mut runs: Vec<(String, Vec<String>, Env)> = Vec::new();
     let dead_ok = tmp.path().join("dead-ok.ndjson");
     let dead_rej = tmp.path().join("dead-rej.ndjson");
     let dead_replay = tmp.path().join("dead-replay.ndjson");
@@ -129,7 +130,7 @@ data_extensions:\n  contacts:\n    primary_keys: [Contact Key]\n    columns: {{ 
         .into_iter()
         .map(String::from)
         .collect(),
-        as_refs(&env_for(&accepting)),
+        env_for(&accepting),
     ));
     for (name, sim, dead) in [
         ("run-accepting", &accepting, &dead_ok),

@@ -148,6 +148,16 @@ echo
 echo "relay: $summary"
 echo "       $calls"
 echo "simulator: $stats" | cut -c1-400
+if [ -s "$WORK/dead.ndjson" ]; then
+  echo "dead-letter reasons:"
+  python3 -c '
+import json, sys, collections
+c = collections.Counter()
+for l in open(sys.argv[1]):
+    d = json.loads(l); c[(d.get("reason", "")[:160], d.get("status"), d.get("attempts"))] += 1
+for (r, s, a), n in c.most_common(10): print(f"  {n} x status {s}, attempts {a}: {r}")
+' "$WORK/dead.ndjson"
+fi
 echo
 check "relay exited 0 (rc $RUN_RC)" '[ "$RUN_RC" -eq 0 ]'
 check "events read ($read_n) = sent ($EVENTS)" '[ "${read_n:-0}" -eq "$EVENTS" ]'

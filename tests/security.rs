@@ -355,3 +355,32 @@ async fn a_ten_megabyte_line_is_rejected_and_the_stream_goes_on() {
     );
     assert!(std::fs::metadata(&dead).unwrap().len() < 10_000);
 }
+
+/// Fuzz findings (`scripts/fuzz.sh`), kept as regression tests.
+#[test]
+fn fuzz_regressions() {
+    use sfmc_relay::commands::transform;
+    use std::io::BufReader;
+    // transform_line: a lone vertical tab is a blank line (no output), not a crash.
+    let program = std::sync::Arc::new(
+        sfmc_relay::rules::load(None, &|_: &str| None, 1)
+            .unwrap()
+            .program,
+    );
+    for input in [&b"\x0b"[..], b"\x0b\n", b"\xe2\x80\xa8\n"] {
+        let mut out = Vec::new();
+        let p = program.clone();
+        let counts =
+            transform::run(&mut BufReader::new(input), &mut out, &mut || p.clone()).unwrap();
+        assert_eq!(counts.events, 0);
+        assert!(out.is_empty(), "{}", String::from_utf8_lossy(&out));
+    }
+    // sim_body: a date whose UTC offset holds a multi-byte character used to panic the
+    // simulator (byte slicing mid-character); see also src/sim/validate.rs.
+    for body in [
+        r#"[{"keys":{"Id":"a","Email":"a@b.co"},"values":{"When":"2013-05-23T14:32:00+1\u00e90"}}]"#,
+        r#"{"When":"2013-05-23T14:32:00+\u00e900"}"#,
+    ] {
+        sfmc_relay::sim::check_request_body(body.as_bytes());
+    }
+}

@@ -72,7 +72,29 @@ async fn subdomain_injection_is_a_config_error_and_nothing_is_sent() {
         path(&dead),
         "-q",
     ];
-    for bad in ["evil.com/x", "evil.com/x?", "a@b", "../"] {
+    for bad in [
+        "evil.com/x",
+        "evil.com/x?",
+        "a@b",
+        "../",
+        // 28 characters, `mc` first, but a path.
+        "mc563885gzs27c5t9-63k6/../x",
+        "mc563885gzs27c5t9-63k6/../xy",
+        // Look-alikes: Cyrillic `с`, fullwidth `ｍ`, the Kelvin sign (lower-cases to `k`).
+        "mс563885gzs27c5t9-63k636ttgm",
+        "ｍc563885gzs27c5t9-63k636ttgm",
+        "mc563885gzs27c5t9-63\u{212a}636ttgm",
+        // Percent-encoding, newlines, spaces, other hosts.
+        "mc563885gzs27c5t9-63k636t%2e",
+        "mc563885gzs27c5t9-63k636%2e%2e",
+        "mc563885gzs27c5t9-63k636ttgm\n",
+        "mc563885gzs27c5t9-63k636ttgm\nHost: evil.com",
+        "mc563885gzs27c5t9-63k63\r\nX:y",
+        "mc563885gzs27c5t9-63k636ttgm.evil.com",
+        "mc563885gzs27c5t9-63k6@evil",
+        "mc563885gzs27c5t9-63k636ttg ",
+        " mc563885gzs27c5t9-63k636ttg",
+    ] {
         let mut env = sim_env(&sim, "s3cret");
         env.push(("SFMC_SUBDOMAIN", bad));
         let out = output(relay(&args, &env)).await;

@@ -4,11 +4,13 @@
 //! why, every key renamed, every value dropped (nested, null, collision) and why, the
 //! primary key, and the SFMC calls produced (or the skip/reject reason).
 
-use crate::event::{Line, parse_line};
+use crate::event::{
+    Line, MAX_LINE_BYTES, ReadLine, parse_line, read_line_limited, too_long_reason,
+};
 use crate::rules::Program;
 use crate::transform::{Note, Outcome, Trace, transform};
 use serde_json::Value;
-use std::io::{BufRead, BufReader, Read, Write};
+use std::io::{BufReader, Read, Write};
 
 /// Explain every event of `input`; returns the number of events.
 pub fn run<R: Read>(
@@ -16,16 +18,21 @@ pub fn run<R: Read>(
     out: &mut dyn Write,
     program: &Program,
 ) -> std::io::Result<u64> {
-    let mut buf = String::new();
+    let mut bytes = Vec::new();
     let mut line_no: u64 = 0;
     let mut events = 0;
     loop {
-        buf.clear();
-        if input.read_line(&mut buf)? == 0 {
+        let read = read_line_limited(input, &mut bytes, MAX_LINE_BYTES)?;
+        if read == ReadLine::Eof {
             break;
         }
         line_no += 1;
-        match parse_line(&buf, line_no - 1) {
+        let parsed = match (read, std::str::from_utf8(&bytes)) {
+            (ReadLine::TooLong { len }, _) => Line::Invalid(too_long_reason(line_no - 1, len)),
+            (_, Err(e)) => Line::Invalid(format!("line {line_no}: not UTF-8 text: {e}")),
+            (_, Ok(text)) => parse_line(text, line_no - 1),
+        };
+        match parsed {
             Line::Blank => {}
             Line::Invalid(reason) => {
                 writeln!(out, "== line {line_no}: not an event")?;

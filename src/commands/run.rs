@@ -4,7 +4,9 @@
 //! at that line; the async side hands each event's actions to the [`Sink`] and counts
 //! outcomes. Rejected events and failed deliveries go to the dead-letter file.
 
-use crate::event::{Line, parse_line};
+use crate::event::{
+    Line, MAX_LINE_BYTES, ReadLine, parse_line, preview, read_line_limited, too_long_reason,
+};
 use crate::rules::Program;
 use crate::sfmc::deadletter::DeadLetters;
 use crate::sfmc::sink::{Counters, Sink, SinkConfig};
@@ -12,7 +14,7 @@ use crate::sfmc::{ClientConfig, ClientStats, Credentials, Endpoints, RetryPolicy
 use crate::sim::{self, SimHandle};
 use crate::transform::{Outcome, Trace, transform};
 use serde_json::Value;
-use std::io::{BufRead, BufReader, IsTerminal, Read, Write};
+use std::io::{BufReader, IsTerminal, Read, Write};
 use std::num::NonZeroU32;
 use std::path::PathBuf;
 use std::sync::Arc;
@@ -274,7 +276,9 @@ fn line_events(text: &str, line: u64, kind: InputKind) -> Line {
 
 /// Lines handed to a transform worker, with the rule set they are processed by.
 struct Job {
-    lines: Vec<(u64, Vec<u8>)>,
+    /// (line number, bytes, `Some(full length)` when the line was over the limit and only
+    /// its start was kept)
+    lines: Vec<(u64, Vec<u8>, Option<u64>)>,
     program: Arc<Program>,
     reply: std::sync::mpsc::SyncSender<Vec<Item>>,
 }
@@ -284,8 +288,18 @@ fn process_chunk(job: &Job, kind: InputKind) -> Vec<Item> {
     let program = &job.program;
     let version: Arc<str> = Arc::from(program.version.as_str());
     let mut items = Vec::with_capacity(job.lines.len());
-    for (line, buf) in &job.lines {
+    for (line, buf, too_long) in &job.lines {
         let line = *line;
+        if let Some(len) = too_long {
+            // Longer than MAX_LINE_BYTES: dead-lettered with its start only.
+            items.push(Item::Invalid {
+                line,
+                version: version.clone(),
+                raw: preview(buf),
+                reason: too_long_reason(line, *len),
+            });
+            continue;
+        }
         match std::str::from_utf8(buf) {
             Err(e) => items.push(Item::Invalid {
                 line,
@@ -397,23 +411,27 @@ fn reader_thread(
 
     let mut reader = BufReader::with_capacity(256 * 1024, input);
     let mut line: u64 = 0;
-    let mut chunk: Vec<(u64, Vec<u8>)> = Vec::with_capacity(CHUNK_LINES);
+    let mut chunk: Vec<(u64, Vec<u8>, Option<u64>)> = Vec::with_capacity(CHUNK_LINES);
     let mut result = Ok(());
     loop {
         let mut buf = Vec::new();
-        let n = match reader.read_until(b'\n', &mut buf) {
-            Ok(n) => n,
+        let read = match read_line_limited(&mut reader, &mut buf, MAX_LINE_BYTES) {
+            Ok(r) => r,
             Err(e) => {
                 result = Err(e);
-                0
+                ReadLine::Eof
             }
         };
-        if n > 0 {
+        let eof = read == ReadLine::Eof;
+        if !eof {
             lines_read.fetch_add(1, Ordering::Relaxed);
-            chunk.push((line, buf));
+            let too_long = match read {
+                ReadLine::TooLong { len } => Some(len),
+                _ => None,
+            };
+            chunk.push((line, buf, too_long));
             line += 1;
         }
-        let eof = n == 0;
         if !chunk.is_empty() && (eof || chunk.len() >= CHUNK_LINES || reader.buffer().is_empty()) {
             let (reply_tx, reply_rx) = std::sync::mpsc::sync_channel(1);
             let job = Job {

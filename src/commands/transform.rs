@@ -1,11 +1,13 @@
 //! `sfmc-relay transform`: events in, the SFMC calls they cause out (NDJSON, unbatched).
 
 use crate::action::Body;
-use crate::event::{Line, parse_line};
+use crate::event::{
+    Line, MAX_LINE_BYTES, ReadLine, parse_line, read_line_limited, too_long_reason,
+};
 use crate::rules::Program;
 use crate::transform::{Outcome, Trace, transform_owned};
 use serde::Serialize;
-use std::io::{BufRead, BufReader, Read, Write};
+use std::io::{BufReader, Read, Write};
 use std::sync::Arc;
 
 #[derive(Serialize)]
@@ -100,12 +102,21 @@ pub fn run<R: Read>(
     let mut buf = Vec::new();
     let mut line_no: u64 = 0;
     loop {
-        buf.clear();
-        if input.read_until(b'\n', &mut buf)? == 0 {
+        let read = read_line_limited(input, &mut buf, MAX_LINE_BYTES)?;
+        if read == ReadLine::Eof {
             break;
         }
         counts.lines += 1;
         let program = rules();
+        if let ReadLine::TooLong { len } = read {
+            let o = Outcome::Rejected(too_long_reason(line_no, len));
+            write_outcome(out, line_no, &o, &mut counts)?;
+            line_no += 1;
+            if input.buffer().is_empty() {
+                out.flush()?;
+            }
+            continue;
+        }
         match std::str::from_utf8(&buf) {
             Err(e) => {
                 let o = Outcome::Rejected(format!("line {}: not UTF-8 text: {e}", line_no + 1));

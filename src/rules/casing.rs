@@ -32,7 +32,22 @@ impl Style {
         })
     }
 
+    /// Style `key`. Applied until it no longer changes (at most a few rounds), so styling
+    /// is idempotent even where heck's single pass is not: `İ` lower-cases to `i` plus a
+    /// combining dot, which a second pass treats as a word break and drops.
     pub fn apply(self, key: &str) -> String {
+        let mut styled = self.apply_once(key);
+        for _ in 0..4 {
+            let again = self.apply_once(&styled);
+            if again == styled {
+                break;
+            }
+            styled = again;
+        }
+        styled
+    }
+
+    fn apply_once(self, key: &str) -> String {
         match self {
             Style::Title => key.to_title_case(),
             Style::None => key.to_string(),
@@ -124,7 +139,32 @@ impl Casing {
         })
     }
 
+    /// The column for `key`, followed to a fixpoint so that casing a column again never
+    /// changes it: with chained overrides (`order_id: X`, then `X: orderId`) the chain is
+    /// followed to its end (`order_id` -> `orderId`). Each override maps its own column to
+    /// itself when added, so a chain ends at the last override's column.
     fn compute<'a>(&self, key: &'a str) -> Cow<'a, str> {
+        let Cow::Owned(mut cur) = self.compute_once(key) else {
+            return Cow::Borrowed(key);
+        };
+        for _ in 0..8 {
+            let next = match self.compute_once(&cur) {
+                Cow::Borrowed(_) => break,
+                Cow::Owned(n) => n,
+            };
+            if next == cur {
+                break;
+            }
+            cur = next;
+        }
+        if cur == key {
+            Cow::Borrowed(key)
+        } else {
+            Cow::Owned(cur)
+        }
+    }
+
+    fn compute_once<'a>(&self, key: &'a str) -> Cow<'a, str> {
         if let Some(c) = self.exact.get(key) {
             return Cow::Owned(c.clone());
         }
@@ -244,6 +284,26 @@ mod tests {
     }
 
     #[test]
+    fn chained_overrides_are_followed_to_their_end() {
+        // Found by tests/properties.rs: `order_id` -> ":" but ":" -> "orderId".
+        let mut c = title();
+        c.add_override("order_id", ":");
+        c.add_override(":", "orderId");
+        assert_eq!(c.apply("order_id"), "orderId");
+        assert_eq!(c.apply("orderId"), "orderId");
+        assert_eq!(c.apply(":"), "orderId");
+    }
+
+    #[test]
+    fn every_style_is_idempotent_on_dotted_capital_i() {
+        for style in [Style::Title, Style::Snake, Style::Camel, Style::Pascal] {
+            let c = Casing::new(style);
+            let once = c.apply("ǅemo ßtraße İ ﬁ").into_owned();
+            assert_eq!(c.apply(&once), once, "{style:?}");
+        }
+    }
+
+    #[test]
     fn casing_is_idempotent() {
         let mut c = title();
         c.add_override("utm_campaign", "UTM Campaign");
@@ -256,6 +316,9 @@ mod tests {
             "Order Id",
             "ÄrgerNis",
             "🎉",
+            // Found by tests/properties.rs: one heck pass is not idempotent for these.
+            "ǅemo ßtraße İ ﬁ",
+            "İstanbul",
         ] {
             let once = c.apply(k).into_owned();
             assert_eq!(c.apply(&once), once, "{k}");

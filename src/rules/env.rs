@@ -51,6 +51,12 @@ pub fn interpolate(input: &str, env: EnvLookup) -> Result<String, String> {
                 "invalid variable name {name:?} in {input:?}: expected letters, digits and `_`, not starting with a digit"
             ));
         }
+        if is_secret_var(name) {
+            return Err(format!(
+                "environment variable {name} holds a secret and cannot be used in rules \
+(rule values end up in URLs, logs and `check`/`explain` output)"
+            ));
+        }
         match (env(name), default) {
             (Some(v), Some(d)) if v.is_empty() => out.push_str(d),
             (Some(v), _) => out.push_str(&v),
@@ -65,6 +71,18 @@ pub fn interpolate(input: &str, env: EnvLookup) -> Result<String, String> {
     }
     out.push_str(rest);
     Ok(out)
+}
+
+/// Variables holding secrets (the SFMC client secret, the ingest write keys, and anything
+/// named like a secret): never interpolated into rules.
+pub fn is_secret_var(name: &str) -> bool {
+    let upper = name.to_ascii_uppercase();
+    matches!(
+        upper.as_str(),
+        "SFMC_CLIENT_SECRET" | "SFMC_RELAY_WRITE_KEYS"
+    ) || ["SECRET", "PASSWORD", "TOKEN", "WRITE_KEY"]
+        .iter()
+        .any(|w| upper.contains(w))
 }
 
 fn is_var_name(name: &str) -> bool {
@@ -111,6 +129,22 @@ mod tests {
         let e = interpolate("${NOPE}", &env).unwrap_err();
         assert!(e.contains("NOPE is not set"), "{e}");
         assert!(e.contains("${NOPE:-default}"), "{e}");
+    }
+
+    #[test]
+    fn secrets_are_never_interpolated() {
+        let env = |_: &str| Some("hunter2".to_string());
+        for name in [
+            "SFMC_CLIENT_SECRET",
+            "SFMC_RELAY_WRITE_KEYS",
+            "MY_API_TOKEN",
+            "db_password",
+        ] {
+            let e = interpolate(&format!("x-${{{name}:-d}}"), &env).unwrap_err();
+            assert!(e.contains(name) && e.contains("secret"), "{e}");
+            assert!(!e.contains("hunter2"), "{e}");
+        }
+        assert_eq!(interpolate("${SFMC_CLIENT_ID}", &env).unwrap(), "hunter2");
     }
 
     #[test]

@@ -30,5 +30,5 @@ pub use config::{
     ClientCredentials, ColumnType, DEFAULT_TEXT_LENGTH, DataExtensionConfig, Faults, SimConfig,
     UnknownDataExtensions,
 };
-pub use server::{SimHandle, serve, start};
+pub use server::{SimHandle, check_request_body, serve, start};
 pub use state::{EndpointStats, LogEntry, SimState, SimStats};

@@ -956,3 +956,80 @@ async fn sim_reset(State(st): St) -> Response {
     st.reset();
     json_response(StatusCode::OK, json!({"reset": true}))
 }
+
+// ----- pure request validation (fuzzing) ------------------------------------------------
+
+/// Run one request body through every pure validation step the simulator applies to a
+/// request, without state or HTTP: the token endpoint's form/JSON field parsing, the
+/// single-row primary-key path spec, and rowset rows against an undeclared data extension
+/// and a declared one with a column of every type (`Id` Text(50) and `Email` primary keys).
+///
+/// For fuzzing (`fuzz/fuzz_targets/sim_body.rs`) and tests: it must never panic.
+/// Returns the number of rows the declared data extension accepted.
+pub fn check_request_body(body: &[u8]) -> usize {
+    use super::config::{ColumnType, DataExtensionConfig};
+    use super::validate::{DeSchema, check_value, is_valid_date, is_valid_email};
+    let Ok(text) = std::str::from_utf8(body) else {
+        return 0;
+    };
+    let form = parse_form(text);
+    let _ = field_str(&form, "grant_type");
+    let _ = parse_pk_spec(text);
+    let columns = [
+        ("Id", ColumnType::Text(50)),
+        ("Email", ColumnType::EmailAddress),
+        ("Count", ColumnType::Number),
+        (
+            "Price",
+            ColumnType::Decimal {
+                precision: 18,
+                scale: 2,
+            },
+        ),
+        (
+            "Small",
+            ColumnType::Decimal {
+                precision: 2,
+                scale: 2,
+            },
+        ),
+        ("Flag", ColumnType::Boolean),
+        ("When", ColumnType::Date),
+        ("Phone", ColumnType::Phone),
+    ];
+    let schema = DeSchema::compile(
+        "fuzz",
+        &DataExtensionConfig {
+            primary_keys: vec!["Id".into(), "email".into()],
+            columns: columns.iter().map(|(n, t)| (n.to_string(), *t)).collect(),
+        },
+    );
+    let Ok(value) = serde_json::from_str::<Value>(text) else {
+        return 0;
+    };
+    let mut accepted = 0;
+    match &value {
+        Value::Array(rows) => {
+            for row in rows {
+                let _ = prepare_undeclared(row, true);
+                if prepare_declared(&schema, row, false).is_ok() {
+                    accepted += 1;
+                }
+            }
+        }
+        Value::Object(m) => {
+            for v in m.values() {
+                if let Value::String(s) = v {
+                    let _ = is_valid_date(s);
+                    let _ = is_valid_email(s);
+                }
+                for (name, ty) in columns {
+                    let _ = check_value(name, ty, v, false);
+                }
+            }
+            let _ = field_str(m, "clientId");
+        }
+        _ => {}
+    }
+    accepted
+}

@@ -457,19 +457,21 @@ pub(crate) fn is_valid_date(s: &str) -> bool {
         (time, None)
     };
     if let Some(off) = offset {
-        let ok = match off.len() {
-            5 => {
-                off.as_bytes()[2] == b':'
-                    && digits(&off[0..2]).is_some_and(|h| h <= 14)
-                    && digits(&off[3..5]).is_some_and(|m| m < 60)
-            }
-            4 => {
-                digits(&off[0..2]).is_some_and(|h| h <= 14)
-                    && digits(&off[2..4]).is_some_and(|m| m < 60)
-            }
-            2 => digits(off).is_some_and(|h| h <= 14),
-            _ => false,
-        };
+        // ASCII only: the slicing below is by bytes (`+1é0` used to panic mid-character).
+        let ok = off.is_ascii()
+            && match off.len() {
+                5 => {
+                    off.as_bytes()[2] == b':'
+                        && digits(&off[0..2]).is_some_and(|h| h <= 14)
+                        && digits(&off[3..5]).is_some_and(|m| m < 60)
+                }
+                4 => {
+                    digits(&off[0..2]).is_some_and(|h| h <= 14)
+                        && digits(&off[2..4]).is_some_and(|m| m < 60)
+                }
+                2 => digits(off).is_some_and(|h| h <= 14),
+                _ => false,
+            };
         if !ok {
             return false;
         }
@@ -562,6 +564,19 @@ mod tests {
             "2013-05-23X",
             "",
             "10000-01-01",
+        ] {
+            assert!(!is_valid_date(bad), "{bad}");
+        }
+    }
+
+    #[test]
+    fn offsets_with_multibyte_characters_are_invalid_not_a_panic() {
+        for bad in [
+            "2013-05-23T14:32:00+1é0",
+            "2013-05-23T14:32:00+é00",
+            "2013-05-23T14:32:00-0é",
+            "2013-05-23T14:32:00+12:é",
+            "2013-05-23T14:32:00.é",
         ] {
             assert!(!is_valid_date(bad), "{bad}");
         }

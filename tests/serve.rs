@@ -197,6 +197,12 @@ async fn segment_api_auth_gzip_limits_metrics() {
     ] {
         assert!(metrics.contains(line), "missing `{line}` in:\n{metrics}");
     }
+    // Secrets never reach the metrics: not the write key, not the client secret.
+    assert!(!metrics.contains(KEY), "write key in /metrics:\n{metrics}");
+    assert!(
+        !metrics.contains("s3cret"),
+        "client secret in /metrics:\n{metrics}"
+    );
     assert!(
         metrics.contains("sfmc_relay_rules_info{version=\"r1-"),
         "{metrics}"

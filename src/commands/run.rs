@@ -64,6 +64,8 @@ pub struct RunSummary {
     pub rules_version: String,
     pub dead_letter_path: PathBuf,
     pub interrupted: bool,
+    /// Why events were skipped, with counts (the most common are shown in the summary).
+    pub skip_reasons: std::collections::BTreeMap<String, u64>,
     /// The simulator's "what landed" report, when the built-in simulator was used.
     pub simulator_report: Option<String>,
 }
@@ -108,6 +110,25 @@ impl RunSummary {
             self.contacts_cached,
             self.splits
         ));
+        if !self.skip_reasons.is_empty() {
+            let mut top: Vec<(&String, &u64)> = self.skip_reasons.iter().collect();
+            top.sort_by(|a, b| b.1.cmp(a.1).then(a.0.cmp(b.0)));
+            let shown: Vec<String> = top
+                .iter()
+                .take(3)
+                .map(|(r, n)| format!("{n} × {r}"))
+                .collect();
+            let more = top.len().saturating_sub(3);
+            s.push_str(&format!(
+                "skipped: {}{}\n",
+                shown.join("; "),
+                if more > 0 {
+                    format!("; and {more} other reason(s)")
+                } else {
+                    String::new()
+                }
+            ));
+        }
         s.push_str(&format!("rules {}", self.rules_version));
         if self.interrupted {
             s.push_str("; stopped by signal (in-flight events were flushed)");
@@ -541,7 +562,14 @@ pub async fn run(rules: RuleSource, opts: RunOptions) -> Result<RunSummary, RunE
                 event,
                 outcome,
             } => match outcome {
-                Outcome::Skipped(_) => summary.skipped += 1,
+                Outcome::Skipped(reason) => {
+                    summary.skipped += 1;
+                    if summary.skip_reasons.len() < 1000
+                        || summary.skip_reasons.contains_key(&reason)
+                    {
+                        *summary.skip_reasons.entry(reason).or_default() += 1;
+                    }
+                }
                 Outcome::Rejected(reason) => sink.reject(line, &version, &event, &reason),
                 Outcome::Actions(actions) => sink.submit(line, version, event, actions).await,
             },

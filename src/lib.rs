@@ -10,4 +10,5 @@ pub mod golden;
 pub mod rules;
 pub mod sfmc;
 pub mod sim;
+pub mod source;
 pub mod transform;

@@ -138,12 +138,17 @@ enum Item {
     },
 }
 
-struct Target {
-    client: SfmcClient,
-    sim: Option<SimHandle>,
+/// Where calls go: SFMC, or the built-in simulator when there are no credentials.
+pub struct Target {
+    pub client: SfmcClient,
+    /// The built-in simulator, when one was started (shut it down at the end).
+    pub sim: Option<SimHandle>,
 }
 
-async fn target(program: &Program, opts: &RunOptions) -> Result<Target, RunError> {
+/// The SFMC client for `program`'s delivery settings and the environment's credentials
+/// (the built-in simulator without credentials). Only `env` and `requests_per_second`
+/// of `opts` are used.
+pub async fn target(program: &Program, opts: &RunOptions) -> Result<Target, RunError> {
     let env = |k: &str| (opts.env)(k).filter(|v| !v.is_empty());
     let d = &program.settings.delivery;
     let rps = opts
@@ -331,18 +336,33 @@ fn reader_thread(
     }
 }
 
-/// Run the relay until the input ends or a signal arrives.
-pub async fn run(rules: RuleSource, opts: RunOptions) -> Result<RunSummary, RunError> {
-    let program = rules();
-    let target = target(&program, &opts).await?;
+/// The sink settings of `program`'s `delivery:` section.
+pub fn sink_config(program: &Program) -> SinkConfig {
     let d = &program.settings.delivery;
-    let sink_config = SinkConfig {
+    SinkConfig {
         batch_rows: d.batch_rows,
         batch_bytes: d.batch_bytes,
         linger: d.linger,
         lanes: d.max_in_flight.max(1),
         contact_cache: d.contact_cache,
-    };
+    }
+}
+
+/// Copy the sink's counters and the client's statistics into `summary`.
+pub fn add_delivery_stats(summary: &mut RunSummary, counters: &Counters, client: &SfmcClient) {
+    summary.delivered = counters.delivered.load(Ordering::Relaxed);
+    summary.dead_lettered += counters.dead_lettered.load(Ordering::Relaxed);
+    summary.contacts_cached = counters.contacts_cached.load(Ordering::Relaxed);
+    summary.rows_coalesced = counters.rows_coalesced.load(Ordering::Relaxed);
+    summary.splits = counters.splits.load(Ordering::Relaxed);
+    summary.client = client.stats();
+}
+
+/// Run the relay until the input ends or a signal arrives.
+pub async fn run(rules: RuleSource, opts: RunOptions) -> Result<RunSummary, RunError> {
+    let program = rules();
+    let target = target(&program, &opts).await?;
+    let sink_config = sink_config(&program);
     let dead = Arc::new(DeadLetters::new(&opts.dead_letter));
     let counters = Arc::new(Counters::default());
     let mut sink = Sink::new(
@@ -446,12 +466,8 @@ pub async fn run(rules: RuleSource, opts: RunOptions) -> Result<RunSummary, RunE
     summary.lines = lines.load(Ordering::Relaxed);
     let late = late_dead.load(Ordering::Relaxed);
     summary.events += late;
-    summary.delivered = counters.delivered.load(Ordering::Relaxed);
-    summary.dead_lettered = counters.dead_lettered.load(Ordering::Relaxed) + late;
-    summary.contacts_cached = counters.contacts_cached.load(Ordering::Relaxed);
-    summary.rows_coalesced = counters.rows_coalesced.load(Ordering::Relaxed);
-    summary.splits = counters.splits.load(Ordering::Relaxed);
-    summary.client = target.client.stats();
+    summary.dead_lettered = late;
+    add_delivery_stats(&mut summary, &counters, &target.client);
     if let Some(sim) = target.sim {
         summary.simulator_report = Some(sim.summary_text());
         sim.shutdown().await;
@@ -476,7 +492,8 @@ fn draw_progress(started: Instant, s: &RunSummary, c: &Counters) {
     let _ = err.flush();
 }
 
-async fn wait_for_signal() {
+/// Wait for SIGINT or SIGTERM.
+pub async fn wait_for_signal() {
     #[cfg(unix)]
     {
         use tokio::signal::unix::{SignalKind, signal};

@@ -1,0 +1,4 @@
+//! Event sources other than NDJSON files and stdin.
+
+#[cfg(feature = "kafka")]
+pub mod kafka;

@@ -110,7 +110,8 @@ async fn create_topic(addr: &str, topic: &str) {
     }
 }
 
-/// `sfmc-relay consume` against `sim`, logging to `log`.
+/// `sfmc-relay consume` against `sim`, logging to `DIR/NAME.log`.
+#[allow(clippy::too_many_arguments)]
 fn consumer(
     broker: &Broker,
     topic: &str,

@@ -109,7 +109,12 @@ pub fn client_config(
             "no Kafka brokers: pass --brokers HOST:PORT[,...] (or set {ENV_PREFIX}BOOTSTRAP_SERVERS)"
         ));
     }
-    config.set_log_level(RDKafkaLogLevel::Warning);
+    // librdkafka's `debug` property (e.g. SFMC_RELAY_KAFKA_DEBUG=cgrp) needs debug logging.
+    config.set_log_level(if config.get("debug").is_some() {
+        RDKafkaLogLevel::Debug
+    } else {
+        RDKafkaLogLevel::Warning
+    });
     Ok(config)
 }
 

@@ -76,6 +76,40 @@ enum Command {
         #[command(flatten)]
         delivery: DeliveryArgs,
     },
+    /// Consume events from a Kafka topic as one member of a consumer group and deliver them
+    ///
+    /// Runs until SIGINT/SIGTERM. Start several (same --group) to scale out: each gets a
+    /// share of the topic's partitions. See docs/kafka.md.
+    #[cfg(feature = "kafka")]
+    #[command(after_help = KAFKA_HELP)]
+    Consume {
+        /// Rules directory; default: the embedded default rules
+        #[arg(long, value_name = "DIR")]
+        rules: Option<PathBuf>,
+        #[command(flatten)]
+        kafka: KafkaArgs,
+        /// Consumer group (default: group.id from the settings file or environment)
+        #[arg(long, value_name = "G")]
+        group: Option<String>,
+        /// How often completed offsets are committed
+        #[arg(long, value_name = "MS", default_value_t = 1000)]
+        commit_interval_ms: u64,
+        /// How long a rebalance waits for the revoked partitions' in-flight events
+        #[arg(long, value_name = "MS", default_value_t = 10_000)]
+        rebalance_flush_ms: u64,
+        #[command(flatten)]
+        delivery: DeliveryArgs,
+    },
+    /// Write NDJSON events to a Kafka topic, keyed by userId (else anonymousId)
+    #[cfg(feature = "kafka")]
+    #[command(after_help = KAFKA_HELP)]
+    Produce {
+        #[command(flatten)]
+        kafka: KafkaArgs,
+        /// NDJSON events (one per line, or {"batch":[...]} envelopes, split into events); default: stdin
+        #[arg(long, value_name = "FILE")]
+        input: Option<PathBuf>,
+    },
     /// Write a seeded benchmark corpus of Segment events (NDJSON) to stdout
     Corpus {
         /// Number of events
@@ -222,6 +256,26 @@ Environment:
 
 See docs/serve.md for pointing Segment, RudderStack and the Segment SDKs at the relay.
 Exit status: 0 stopped by SIGTERM/SIGINT, 1 I/O error, 2 configuration error.";
+#[cfg(feature = "kafka")]
+#[derive(clap::Args)]
+struct KafkaArgs {
+    /// Kafka bootstrap servers (default: bootstrap.servers from the settings file or environment)
+    #[arg(long, value_name = "HOST:PORT[,...]")]
+    brokers: Option<String>,
+    /// Topic
+    #[arg(long, value_name = "T")]
+    topic: String,
+    /// librdkafka settings file (property=value lines: security.protocol, sasl.*, ssl.*, ...)
+    #[arg(long, value_name = "FILE", env = "SFMC_RELAY_KAFKA_CONFIG_FILE")]
+    kafka_config: Option<PathBuf>,
+}
+
+#[cfg(feature = "kafka")]
+const KAFKA_HELP: &str = "\
+Kafka settings: SFMC_RELAY_KAFKA_<PROPERTY> sets the librdkafka property (lower-cased, `_` -> `.`,
+`__` -> `_`), e.g. SFMC_RELAY_KAFKA_SECURITY_PROTOCOL=SASL_SSL, SFMC_RELAY_KAFKA_SASL_MECHANISMS=PLAIN,
+SFMC_RELAY_KAFKA_SASL_USERNAME, SFMC_RELAY_KAFKA_SASL_PASSWORD. Order: defaults < --kafka-config file
+< environment < flags. Values are never printed. See docs/kafka.md.";
 
 const RUN_HELP: &str = "\
 Environment:
@@ -261,6 +315,24 @@ fn main() -> ExitCode {
         ),
         Command::Serve(args) => serve(args),
         Command::Sim { listen, config } => simulator(listen, config.as_deref()),
+        #[cfg(feature = "kafka")]
+        Command::Consume {
+            rules,
+            kafka,
+            group,
+            commit_interval_ms,
+            rebalance_flush_ms,
+            delivery,
+        } => kafka_cli::consume(
+            rules,
+            kafka,
+            group,
+            std::time::Duration::from_millis(commit_interval_ms.max(1)),
+            std::time::Duration::from_millis(rebalance_flush_ms),
+            delivery,
+        ),
+        #[cfg(feature = "kafka")]
+        Command::Produce { kafka, input } => kafka_cli::produce(kafka, input),
         Command::Corpus {
             events,
             users,
@@ -560,6 +632,134 @@ fn simulator(listen: std::net::SocketAddr, config: Option<&Path>) -> ExitCode {
         Err(e) => {
             eprintln!("sfmc-relay sim: {e:#}");
             ExitCode::from(exit::IO)
+        }
+    }
+}
+
+#[cfg(feature = "kafka")]
+mod kafka_cli {
+    use super::*;
+    use sfmc_relay::commands::consume::{self, ConsumeOptions};
+    use sfmc_relay::commands::produce::{self, ProduceOptions};
+    use sfmc_relay::source::kafka;
+    use std::time::Duration;
+
+    fn config(
+        args: &KafkaArgs,
+        defaults: &[(&str, &str)],
+        mut forced: Vec<(&'static str, String)>,
+    ) -> Result<rdkafka::ClientConfig, String> {
+        if let Some(b) = &args.brokers {
+            forced.push(("bootstrap.servers", b.clone()));
+        }
+        let env = kafka::properties_from_env(std::env::vars());
+        kafka::client_config(defaults, args.kafka_config.as_deref(), &env, &forced)
+            .map_err(|e| format!("sfmc-relay: {e}"))
+    }
+
+    pub fn consume(
+        rules_dir: Option<PathBuf>,
+        args: KafkaArgs,
+        group: Option<String>,
+        commit_interval: Duration,
+        flush_timeout: Duration,
+        delivery: DeliveryArgs,
+    ) -> ExitCode {
+        let forced = group.map(|g| ("group.id", g)).into_iter().collect();
+        let config = match config(&args, consume::DEFAULTS, forced) {
+            Ok(c) => c,
+            Err(e) => {
+                eprintln!("{e}");
+                return ExitCode::from(exit::CONFIG);
+            }
+        };
+        if config.get("group.id").is_none_or(str::is_empty) {
+            eprintln!(
+                "sfmc-relay: no consumer group: pass --group G (or set SFMC_RELAY_KAFKA_GROUP_ID)"
+            );
+            return ExitCode::from(exit::CONFIG);
+        }
+        let live = match LiveRules::start(rules_dir, !delivery.no_watch) {
+            Ok(l) => l,
+            Err(e) => {
+                eprintln!("{e}");
+                return ExitCode::from(exit::CONFIG);
+            }
+        };
+        let opts = ConsumeOptions {
+            topic: args.topic,
+            kafka: config,
+            dead_letter: delivery.dead_letter,
+            requests_per_second: delivery.requests_per_second,
+            commit_interval,
+            flush_timeout,
+            env: Arc::new(|k: &str| std::env::var(k).ok()),
+        };
+        let source = live.clone();
+        let result = runtime().block_on(consume::consume(Arc::new(move || source.current()), opts));
+        match result {
+            Ok(mut summary) => {
+                if live.reloads() > 0 || live.failures() > 0 {
+                    summary.rules_version = format!(
+                        "{} -> {} ({} reload(s), {} failed)",
+                        summary.rules_version,
+                        live.version(),
+                        live.reloads(),
+                        live.failures()
+                    );
+                }
+                if let Some(report) = &summary.simulator_report {
+                    eprintln!("{}", report.trim_end());
+                }
+                eprintln!("{}", summary.render().replacen(" lines)", " messages)", 1));
+                if delivery.strict && summary.dead_lettered > 0 {
+                    ExitCode::from(exit::DEAD_LETTERS)
+                } else {
+                    ExitCode::from(exit::OK)
+                }
+            }
+            Err(RunError::Config(e)) => {
+                eprintln!("sfmc-relay: {e}");
+                ExitCode::from(exit::CONFIG)
+            }
+            Err(RunError::Io(e)) => {
+                eprintln!("sfmc-relay: {e}");
+                ExitCode::from(exit::IO)
+            }
+        }
+    }
+
+    pub fn produce(args: KafkaArgs, input: Option<PathBuf>) -> ExitCode {
+        let config = match config(&args, produce::DEFAULTS, Vec::new()) {
+            Ok(c) => c,
+            Err(e) => {
+                eprintln!("{e}");
+                return ExitCode::from(exit::CONFIG);
+            }
+        };
+        let topic = args.topic.clone();
+        let opts = ProduceOptions {
+            topic: args.topic,
+            kafka: config,
+            input,
+        };
+        match runtime().block_on(produce::produce(opts)) {
+            Ok(summary) => {
+                eprintln!("{}", summary.render(&topic));
+                if summary.failed > 0 {
+                    ExitCode::from(exit::IO)
+                } else {
+                    ExitCode::from(exit::OK)
+                }
+            }
+            Err(RunError::Config(e)) => {
+                eprintln!("sfmc-relay: {e}");
+                ExitCode::from(exit::CONFIG)
+            }
+            Err(RunError::Io(e)) => {
+                eprintln!("sfmc-relay: {e}");
+                ExitCode::from(exit::IO)
+            }
         }
     }
 }

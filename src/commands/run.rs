@@ -476,6 +476,17 @@ fn reader_thread(
     result.and(seq)
 }
 
+/// Copy the sink's and the client's counters into `summary` (dead letters are added to
+/// those already counted).
+pub fn add_delivery_stats(summary: &mut RunSummary, counters: &Counters, client: &SfmcClient) {
+    summary.delivered = counters.delivered.load(Ordering::Relaxed);
+    summary.dead_lettered += counters.dead_lettered.load(Ordering::Relaxed);
+    summary.contacts_cached = counters.contacts_cached.load(Ordering::Relaxed);
+    summary.rows_coalesced = counters.rows_coalesced.load(Ordering::Relaxed);
+    summary.splits = counters.splits.load(Ordering::Relaxed);
+    summary.client = client.stats();
+}
+
 /// Run the relay until the input ends or a signal arrives.
 pub async fn run(rules: RuleSource, opts: RunOptions) -> Result<RunSummary, RunError> {
     let program = rules();
@@ -591,12 +602,8 @@ pub async fn run(rules: RuleSource, opts: RunOptions) -> Result<RunSummary, RunE
     summary.lines = lines.load(Ordering::Relaxed);
     let late = late_dead.load(Ordering::Relaxed);
     summary.events += late;
-    summary.delivered = counters.delivered.load(Ordering::Relaxed);
-    summary.dead_lettered = counters.dead_lettered.load(Ordering::Relaxed) + late;
-    summary.contacts_cached = counters.contacts_cached.load(Ordering::Relaxed);
-    summary.rows_coalesced = counters.rows_coalesced.load(Ordering::Relaxed);
-    summary.splits = counters.splits.load(Ordering::Relaxed);
-    summary.client = target.client.stats();
+    summary.dead_lettered = late;
+    add_delivery_stats(&mut summary, &counters, &target.client);
     if let Some(sim) = target.sim {
         summary.simulator_report = Some(sim.summary_text());
         sim.shutdown().await;

@@ -1,4 +1,7 @@
-//! Event sources other than files: the HTTP ingest ([`http`]) and its [`metrics`].
+//! Event sources other than NDJSON files and stdin: the HTTP ingest ([`http`]) and its
+//! [`metrics`], and Kafka (feature `kafka`).
 
 pub mod http;
+#[cfg(feature = "kafka")]
+pub mod kafka;
 pub mod metrics;

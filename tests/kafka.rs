@@ -1,0 +1,554 @@
+//! `consume` / `produce` against a real Kafka-compatible broker (no mocks).
+//!
+//! The broker binary comes from `SFMC_RELAY_KAFKA_BROKER_BIN` (tansu: `.ci/kafka-tests`
+//! installs it); each test starts its own broker (in-memory storage) on a free port, an
+//! in-process SFMC simulator, and real `sfmc-relay consume` processes.
+//! Without the variable the tests are skipped (with the reason printed), except under CI.
+#![cfg(feature = "kafka")]
+
+mod common;
+
+use common::*;
+use rdkafka::ClientConfig;
+use rdkafka::admin::{AdminClient, AdminOptions, NewTopic, TopicReplication};
+use rdkafka::client::DefaultClientContext;
+use rdkafka::consumer::{BaseConsumer, Consumer};
+use rdkafka::{Message, Offset, TopicPartitionList};
+use serde_json::{Map, Value, json};
+use sfmc_relay::sim::{self, SimConfig, SimHandle};
+use std::collections::{HashMap, HashSet};
+use std::path::{Path, PathBuf};
+use std::process::Stdio;
+use std::time::{Duration, Instant};
+use tokio::process::{Child, Command};
+
+const BIN: &str = env!("CARGO_BIN_EXE_sfmc-relay");
+const PARTITIONS: i32 = 3;
+
+/// The broker binary, or `None` (test skipped) outside CI when it is not configured.
+fn broker_bin() -> Option<PathBuf> {
+    match std::env::var_os("SFMC_RELAY_KAFKA_BROKER_BIN") {
+        Some(p) => Some(PathBuf::from(p)),
+        None if std::env::var_os("CI").is_some() => {
+            panic!("CI is set but SFMC_RELAY_KAFKA_BROKER_BIN is not: run .ci/kafka-tests")
+        }
+        None => {
+            eprintln!(
+                "skipped: SFMC_RELAY_KAFKA_BROKER_BIN is not set (a Kafka-compatible broker binary, \
+e.g. tansu; .ci/kafka-tests installs it and runs these tests)"
+            );
+            None
+        }
+    }
+}
+
+struct Broker {
+    child: std::process::Child,
+    addr: String,
+}
+
+impl Drop for Broker {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
+}
+
+fn start_broker(bin: &Path, dir: &Path) -> Broker {
+    let port = free_port();
+    let url = format!("tcp://127.0.0.1:{port}");
+    let log = std::fs::File::create(dir.join("broker.log")).unwrap();
+    let child = std::process::Command::new(bin)
+        .args([
+            "broker",
+            "--cluster-id",
+            "sfmc-relay-test",
+            "--listener-url",
+            &url,
+            "--advertised-listener-url",
+            &url,
+            "--storage-engine",
+            "memory://tansu/",
+        ])
+        .env("RUST_LOG", "warn")
+        .stdin(Stdio::null())
+        .stdout(log.try_clone().unwrap())
+        .stderr(log)
+        .spawn()
+        .expect("start the broker");
+    let addr = format!("127.0.0.1:{port}");
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while std::net::TcpStream::connect(&addr).is_err() {
+        assert!(Instant::now() < deadline, "broker did not listen on {addr}");
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    Broker { child, addr }
+}
+
+async fn create_topic(addr: &str, topic: &str) {
+    let admin: AdminClient<DefaultClientContext> = ClientConfig::new()
+        .set("bootstrap.servers", addr)
+        .create()
+        .expect("admin client");
+    let results = admin
+        .create_topics(
+            &[NewTopic::new(topic, PARTITIONS, TopicReplication::Fixed(1))],
+            &AdminOptions::new().operation_timeout(Some(Duration::from_secs(10))),
+        )
+        .await
+        .expect("create topic");
+    for r in results {
+        r.expect("topic created");
+    }
+}
+
+/// `sfmc-relay consume` against `sim`, logging to `DIR/NAME.log`.
+#[allow(clippy::too_many_arguments)]
+fn consumer(
+    broker: &Broker,
+    topic: &str,
+    group: &str,
+    rules: &Path,
+    sim: &SimHandle,
+    dir: &Path,
+    name: &str,
+    extra: &[&str],
+) -> Child {
+    let log = std::fs::File::create(dir.join(format!("{name}.log"))).unwrap();
+    let dead = dir.join(format!("{name}.deadletter.ndjson"));
+    let mut c = Command::new(BIN);
+    c.args([
+        "consume",
+        "--rules",
+        rules.to_str().unwrap(),
+        "--brokers",
+        &broker.addr,
+        "--topic",
+        topic,
+        "--group",
+        group,
+        "--commit-interval-ms",
+        "200",
+        "--dead-letter",
+        dead.to_str().unwrap(),
+        "--quiet",
+        "--no-watch",
+    ])
+    .args(extra)
+    .env_clear()
+    .env("SFMC_CLIENT_ID", "kafka-test")
+    .env("SFMC_CLIENT_SECRET", "secret")
+    .env("SFMC_AUTH_URL", sim.base_url())
+    .env("SFMC_REST_URL", sim.base_url())
+    .env("SFMC_RELAY_KAFKA_SESSION_TIMEOUT_MS", "6000")
+    .env("SFMC_RELAY_KAFKA_HEARTBEAT_INTERVAL_MS", "500")
+    .env("RUST_LOG", "warn,sfmc_relay=info")
+    .stdin(Stdio::null())
+    .stdout(Stdio::null())
+    .stderr(log)
+    .kill_on_drop(true);
+    c.spawn().expect("start consume")
+}
+
+fn log_of(dir: &Path, name: &str) -> String {
+    std::fs::read_to_string(dir.join(format!("{name}.log"))).unwrap_or_default()
+}
+
+async fn wait_for_log(dir: &Path, name: &str, needle: &str, within: Duration) {
+    let deadline = Instant::now() + within;
+    while !log_of(dir, name).contains(needle) {
+        assert!(
+            Instant::now() < deadline,
+            "{name} never logged {needle:?}; its log:\n{}",
+            log_of(dir, name)
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}
+
+async fn produce(broker: &Broker, topic: &str, input: &Path) {
+    let out = Command::new(BIN)
+        .args([
+            "produce",
+            "--brokers",
+            &broker.addr,
+            "--topic",
+            topic,
+            "--input",
+            input.to_str().unwrap(),
+        ])
+        .env_clear()
+        .stdin(Stdio::null())
+        .output()
+        .await
+        .expect("run produce");
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(out.status.success(), "produce failed: {err}");
+    eprintln!("produce: {}", err.trim());
+}
+
+/// SIGTERM, then the process's exit and its log.
+async fn stop(mut child: Child, dir: &Path, name: &str) -> String {
+    let pid = child.id().expect("running") as i32;
+    unsafe_kill(pid, "TERM");
+    let status = tokio::time::timeout(Duration::from_secs(30), child.wait())
+        .await
+        .expect("consume stopped in time")
+        .unwrap();
+    let log = log_of(dir, name);
+    assert!(status.success(), "{name} exited with {status}: {log}");
+    log
+}
+
+fn unsafe_kill(pid: i32, signal: &str) {
+    let ok = std::process::Command::new("kill")
+        .args([&format!("-{signal}"), &pid.to_string()])
+        .status()
+        .unwrap()
+        .success();
+    assert!(ok, "kill -{signal} {pid}");
+}
+
+/// "N events read (M messages)" from a consumer's summary.
+fn events_read(log: &str) -> u64 {
+    let line = log
+        .lines()
+        .find(|l| l.contains(" events read ("))
+        .unwrap_or_else(|| panic!("no summary in log:\n{log}"));
+    line.split_whitespace().next().unwrap().parse().unwrap()
+}
+
+/// For each user: a signup (one API event), three identifies in order (the last one's
+/// `seq` must win) and two orders (rows with unique keys).
+fn workload(users: usize, tag: &str) -> Vec<Value> {
+    let mut events = Vec::new();
+    for u in 0..users {
+        let user = format!("{tag}-user-{u}");
+        events.push(signup(&user, "pro"));
+        for seq in 1..=3 {
+            events.push(
+                json!({"type": "identify", "messageId": format!("{user}-id-{seq}"),
+                "userId": user, "traits": {"email": format!("{user}@example.com"), "seq": seq}}),
+            );
+        }
+        for o in 0..2 {
+            events.push(order(&user, &format!("{user}-order-{o}"), 10.0 + o as f64));
+        }
+    }
+    // Interleave users (as live traffic would), keeping each user's own order.
+    let per_user = events.len() / users;
+    let mut mixed = Vec::with_capacity(events.len());
+    for i in 0..per_user {
+        for u in 0..users {
+            mixed.push(events[u * per_user + i].clone());
+        }
+    }
+    mixed
+}
+
+fn key(pairs: &[(&str, &str)]) -> Map<String, Value> {
+    pairs
+        .iter()
+        .map(|(k, v)| (k.to_string(), Value::String(v.to_string())))
+        .collect()
+}
+
+/// Wait until every user's orders, last identify and API event landed.
+async fn wait_landed(sim: &SimHandle, users: usize, tag: &str, within: Duration) {
+    let deadline = Instant::now() + within;
+    loop {
+        let missing = missing(sim, users, tag);
+        if missing.is_empty() {
+            return;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "not everything landed in {within:?}: {} missing, e.g. {:?}",
+            missing.len(),
+            &missing[..missing.len().min(5)]
+        );
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+}
+
+fn missing(sim: &SimHandle, users: usize, tag: &str) -> Vec<String> {
+    let orders = sim.rows("orders");
+    let contacts = sim.rows("contacts");
+    let signed: HashSet<String> = sim
+        .api_events()
+        .iter()
+        .filter_map(|e| e["ContactKey"].as_str().map(str::to_string))
+        .collect();
+    let mut out = Vec::new();
+    for u in 0..users {
+        let user = format!("{tag}-user-{u}");
+        for o in 0..2 {
+            let id = format!("{user}-order-{o}");
+            if find_row(&orders, &key(&[("Order Id", &id), ("Contact Key", &user)])).is_none() {
+                out.push(format!("order {id}"));
+            }
+        }
+        match find_row(&contacts, &key(&[("Contact Key", &user)])) {
+            Some(row) if row["values"]["Seq"] == json!(3) || row["values"]["Seq"] == json!("3") => {
+            }
+            Some(row) => out.push(format!("contact {user} at {}", row["values"])),
+            None => out.push(format!("contact {user}")),
+        }
+        if !signed.contains(&user) {
+            out.push(format!("api event {user}"));
+        }
+    }
+    out
+}
+
+fn api_events_per_user(sim: &SimHandle) -> HashMap<String, usize> {
+    let mut n = HashMap::new();
+    for e in sim.api_events() {
+        *n.entry(e["ContactKey"].as_str().unwrap_or("").to_string())
+            .or_insert(0) += 1;
+    }
+    n
+}
+
+/// Every message in the topic: (key, partition, userId of the payload).
+fn read_topic(addr: &str, topic: &str) -> Vec<(Option<String>, i32, Value)> {
+    let consumer: BaseConsumer = ClientConfig::new()
+        .set("bootstrap.servers", addr)
+        .set("group.id", "sfmc-relay-test-reader")
+        .set("enable.auto.commit", "false")
+        .create()
+        .unwrap();
+    let mut tpl = TopicPartitionList::new();
+    for p in 0..PARTITIONS {
+        tpl.add_partition_offset(topic, p, Offset::Beginning)
+            .unwrap();
+    }
+    consumer.assign(&tpl).unwrap();
+    let mut out = Vec::new();
+    let mut idle = Instant::now();
+    while idle.elapsed() < Duration::from_secs(3) {
+        if let Some(Ok(m)) = consumer.poll(Duration::from_millis(200)) {
+            idle = Instant::now();
+            let key = m.key().map(|k| String::from_utf8_lossy(k).into_owned());
+            let payload: Value = serde_json::from_slice(m.payload().unwrap()).unwrap();
+            out.push((key, m.partition(), payload["userId"].clone()));
+        }
+    }
+    out
+}
+
+async fn start_sim() -> SimHandle {
+    sim::start(SimConfig::default(), "127.0.0.1:0".parse().unwrap())
+        .await
+        .expect("sim start")
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn two_consumers_in_one_group_deliver_every_event_once() {
+    let Some(bin) = broker_bin() else { return };
+    let dir = tempfile::tempdir().unwrap();
+    let broker = start_broker(&bin, dir.path());
+    let topic = "segment-events";
+    create_topic(&broker.addr, topic).await;
+    let sim = start_sim().await;
+    let rules = rules_dir(&Settings::default());
+
+    let a = consumer(
+        &broker,
+        topic,
+        "relays",
+        rules.path(),
+        &sim,
+        dir.path(),
+        "a",
+        &[],
+    );
+    wait_for_log(
+        dir.path(),
+        "a",
+        "partitions assigned",
+        Duration::from_secs(60),
+    )
+    .await;
+    let b = consumer(
+        &broker,
+        topic,
+        "relays",
+        rules.path(),
+        &sim,
+        dir.path(),
+        "b",
+        &[],
+    );
+    wait_for_log(
+        dir.path(),
+        "b",
+        "partitions assigned",
+        Duration::from_secs(60),
+    )
+    .await;
+
+    let users = 60;
+    let events = workload(users, "t1");
+    let input = dir.path().join("events.ndjson");
+    write_ndjson(&input, &events);
+    produce(&broker, topic, &input).await;
+
+    // Keyed by userId: each user's messages in exactly one partition.
+    let messages = read_topic(&broker.addr, topic);
+    assert_eq!(messages.len(), events.len());
+    let mut partitions_of: HashMap<String, HashSet<i32>> = HashMap::new();
+    for (key, partition, user) in &messages {
+        assert_eq!(key.as_deref(), user.as_str(), "key is the userId");
+        partitions_of
+            .entry(key.clone().unwrap())
+            .or_default()
+            .insert(*partition);
+    }
+    assert!(partitions_of.values().all(|p| p.len() == 1));
+    let used: HashSet<i32> = partitions_of.values().flatten().copied().collect();
+    assert!(used.len() > 1, "keys spread over partitions: {used:?}");
+
+    wait_landed(&sim, users, "t1", Duration::from_secs(90)).await;
+    // Let the last commits go out, then stop both (steady state: nothing read twice).
+    tokio::time::sleep(Duration::from_millis(800)).await;
+    let log_a = stop(a, dir.path(), "a").await;
+    let log_b = stop(b, dir.path(), "b").await;
+    let (read_a, read_b) = (events_read(&log_a), events_read(&log_b));
+    assert_eq!(
+        read_a + read_b,
+        events.len() as u64,
+        "a:\n{log_a}\nb:\n{log_b}"
+    );
+    assert!(
+        read_a > 0 && read_b > 0,
+        "both consumers got partitions: {read_a} / {read_b}"
+    );
+    let dups: Vec<_> = api_events_per_user(&sim)
+        .into_iter()
+        .filter(|(_, n)| *n != 1)
+        .collect();
+    assert!(dups.is_empty(), "API events not exactly once: {dups:?}");
+    assert!(dead_letters(&dir.path().join("a.deadletter.ndjson")).is_empty());
+    assert!(dead_letters(&dir.path().join("b.deadletter.ndjson")).is_empty());
+
+    // A restarted consumer of the same group starts from the committed offsets: nothing new.
+    let c = consumer(
+        &broker,
+        topic,
+        "relays",
+        rules.path(),
+        &sim,
+        dir.path(),
+        "c",
+        &[],
+    );
+    wait_for_log(
+        dir.path(),
+        "c",
+        "partitions assigned",
+        Duration::from_secs(60),
+    )
+    .await;
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    let log_c = stop(c, dir.path(), "c").await;
+    assert_eq!(events_read(&log_c), 0, "{log_c}");
+}
+
+/// Ignored: tansu 0.6.0 does not hand a dead member's partitions over. After b's session
+/// expires the survivor rejoins and is elected leader (JoinGroup says generation 1, the
+/// same as before), its range assignor assigns itself all 3 partitions, but SyncGroup
+/// answers with its previous assignment, so b's partitions stay unread. The relay side
+/// (rebalance callbacks, commits) behaves; run with `-- --ignored` against a broker that
+/// reassigns (Apache Kafka, Redpanda).
+#[tokio::test(flavor = "multi_thread")]
+#[ignore = "tansu 0.6.0 keeps the stale assignment after a member's session expires"]
+async fn a_killed_consumer_s_partitions_are_taken_over_without_loss() {
+    let Some(bin) = broker_bin() else { return };
+    let dir = tempfile::tempdir().unwrap();
+    let broker = start_broker(&bin, dir.path());
+    let topic = "segment-events";
+    create_topic(&broker.addr, topic).await;
+    let sim = start_sim().await;
+    let rules = rules_dir(&Settings::default());
+    // Slow delivery, so the kill lands mid-stream.
+    let slow = ["--requests-per-second", "40"];
+
+    let a = consumer(
+        &broker,
+        topic,
+        "relays",
+        rules.path(),
+        &sim,
+        dir.path(),
+        "a",
+        &slow,
+    );
+    wait_for_log(
+        dir.path(),
+        "a",
+        "partitions assigned",
+        Duration::from_secs(60),
+    )
+    .await;
+    let mut b = consumer(
+        &broker,
+        topic,
+        "relays",
+        rules.path(),
+        &sim,
+        dir.path(),
+        "b",
+        &slow,
+    );
+    wait_for_log(
+        dir.path(),
+        "b",
+        "partitions assigned",
+        Duration::from_secs(60),
+    )
+    .await;
+
+    let users = 60;
+    let events = workload(users, "t2");
+    let input = dir.path().join("events.ndjson");
+    write_ndjson(&input, &events);
+    produce(&broker, topic, &input).await;
+
+    // Kill b (no goodbye, no final commit) once delivery is under way.
+    let deadline = Instant::now() + Duration::from_secs(60);
+    while sim.api_events().len() < 10 {
+        assert!(Instant::now() < deadline, "delivery did not start");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    unsafe_kill(b.id().unwrap() as i32, "KILL");
+    let _ = b.wait().await;
+    let before = missing(&sim, users, "t2").len();
+    assert!(
+        before > 0,
+        "b was killed mid-stream (something still missing)"
+    );
+
+    // a takes b's partitions over after the session timeout and delivers what b had not
+    // committed: everything lands, each user's identifies still in order.
+    wait_landed(&sim, users, "t2", Duration::from_secs(120)).await;
+    let log_a = log_of(dir.path(), "a");
+    assert!(
+        log_a.matches("partitions assigned").count() >= 3,
+        "a was reassigned after b died:\n{log_a}"
+    );
+    tokio::time::sleep(Duration::from_millis(800)).await;
+    stop(a, dir.path(), "a").await;
+    assert!(
+        api_events_per_user(&sim).values().all(|n| *n >= 1),
+        "every signup sent at least once"
+    );
+}

@@ -1,8 +1,10 @@
 //! `sfmc-relay run` and `replay`: stream events through the rules into SFMC.
 //!
-//! A reader thread reads NDJSON lines and runs the interpreter with the rule set current
-//! at that line; the async side hands each event's actions to the [`Sink`] and counts
-//! outcomes. Rejected events and failed deliveries go to the dead-letter file.
+//! A reader thread cuts the input into chunks of lines, each tagged with the rule set
+//! current when it was cut; a pool of worker threads parses and interprets chunks in
+//! parallel; a sequencer restores input order; the async side hands each event's actions to
+//! the [`Sink`] and counts outcomes. Rejected events and failed deliveries go to the
+//! dead-letter file.
 
 use crate::event::{
     Line, MAX_LINE_BYTES, ReadLine, parse_line, preview, read_line_limited, too_long_reason,

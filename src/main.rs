@@ -526,36 +526,7 @@ fn deliver(
     };
     let source = live.clone();
     let result = runtime().block_on(commands::run::run(Arc::new(move || source.current()), opts));
-    match result {
-        Ok(mut summary) => {
-            if live.reloads() > 0 || live.failures() > 0 {
-                summary.rules_version = format!(
-                    "{} -> {} ({} reload(s), {} failed)",
-                    summary.rules_version,
-                    live.version(),
-                    live.reloads(),
-                    live.failures()
-                );
-            }
-            if let Some(report) = &summary.simulator_report {
-                eprintln!("{}", report.trim_end());
-            }
-            eprintln!("{}", summary.render());
-            if args.strict && summary.dead_lettered > 0 {
-                ExitCode::from(exit::DEAD_LETTERS)
-            } else {
-                ExitCode::from(exit::OK)
-            }
-        }
-        Err(RunError::Config(e)) => {
-            eprintln!("sfmc-relay: {e}");
-            ExitCode::from(exit::CONFIG)
-        }
-        Err(RunError::Io(e)) => {
-            eprintln!("sfmc-relay: {e}");
-            ExitCode::from(exit::IO)
-        }
-    }
+    finish_delivery(result, Some(&live), args.strict, "lines")
 }
 
 fn serve(args: ServeArgs) -> ExitCode {
@@ -597,22 +568,61 @@ fn serve(args: ServeArgs) -> ExitCode {
     }
     let source = live.clone();
     let rules: commands::run::RuleSource = Arc::new(move || source.current());
-    match rt.block_on(commands::serve::serve(rules, opts)) {
-        Ok(summary) => {
-            if let Some(report) = &summary.simulator_report {
-                eprintln!("{}", report.trim_end());
-            }
-            eprintln!("{}", summary.render());
-            ExitCode::from(exit::OK)
-        }
-        Err(RunError::Config(e)) => {
-            eprintln!("sfmc-relay: {e}");
-            ExitCode::from(exit::CONFIG)
-        }
-        Err(RunError::Io(e)) => {
-            eprintln!("sfmc-relay: {e}");
-            ExitCode::from(exit::IO)
-        }
+    finish_delivery(
+        rt.block_on(commands::serve::serve(rules, opts)),
+        None,
+        false,
+        "lines",
+    )
+}
+
+/// The exit code (and message) for a run that could not start or finish.
+fn run_error(e: RunError) -> ExitCode {
+    let (RunError::Config(m) | RunError::Io(m)) = &e;
+    eprintln!("sfmc-relay: {m}");
+    ExitCode::from(match e {
+        RunError::Config(_) => exit::CONFIG,
+        RunError::Io(_) => exit::IO,
+    })
+}
+
+/// Print a delivery command's end (what the built-in simulator received, the summary, the
+/// rule reloads when `live` is given) and choose the exit code. `unit` names what the
+/// input is made of (`lines`, `messages`).
+fn finish_delivery(
+    result: Result<commands::run::RunSummary, RunError>,
+    live: Option<&LiveRules>,
+    strict: bool,
+    unit: &str,
+) -> ExitCode {
+    let mut summary = match result {
+        Ok(s) => s,
+        Err(e) => return run_error(e),
+    };
+    if let Some(live) = live
+        && (live.reloads() > 0 || live.failures() > 0)
+    {
+        summary.rules_version = format!(
+            "{} -> {} ({} reload(s), {} failed)",
+            summary.rules_version,
+            live.version(),
+            live.reloads(),
+            live.failures()
+        );
+    }
+    if let Some(report) = &summary.simulator_report {
+        eprintln!("{}", report.trim_end());
+    }
+    eprintln!(
+        "{}",
+        summary
+            .render()
+            .replacen(" lines)", &format!(" {unit})"), 1)
+    );
+    if strict && summary.dead_lettered > 0 {
+        ExitCode::from(exit::DEAD_LETTERS)
+    } else {
+        ExitCode::from(exit::OK)
     }
 }
 
@@ -697,36 +707,7 @@ mod kafka_cli {
         };
         let source = live.clone();
         let result = runtime().block_on(consume::consume(Arc::new(move || source.current()), opts));
-        match result {
-            Ok(mut summary) => {
-                if live.reloads() > 0 || live.failures() > 0 {
-                    summary.rules_version = format!(
-                        "{} -> {} ({} reload(s), {} failed)",
-                        summary.rules_version,
-                        live.version(),
-                        live.reloads(),
-                        live.failures()
-                    );
-                }
-                if let Some(report) = &summary.simulator_report {
-                    eprintln!("{}", report.trim_end());
-                }
-                eprintln!("{}", summary.render().replacen(" lines)", " messages)", 1));
-                if delivery.strict && summary.dead_lettered > 0 {
-                    ExitCode::from(exit::DEAD_LETTERS)
-                } else {
-                    ExitCode::from(exit::OK)
-                }
-            }
-            Err(RunError::Config(e)) => {
-                eprintln!("sfmc-relay: {e}");
-                ExitCode::from(exit::CONFIG)
-            }
-            Err(RunError::Io(e)) => {
-                eprintln!("sfmc-relay: {e}");
-                ExitCode::from(exit::IO)
-            }
-        }
+        finish_delivery(result, Some(&live), delivery.strict, "messages")
     }
 
     pub fn produce(args: KafkaArgs, input: Option<PathBuf>) -> ExitCode {
@@ -752,14 +733,7 @@ mod kafka_cli {
                     ExitCode::from(exit::OK)
                 }
             }
-            Err(RunError::Config(e)) => {
-                eprintln!("sfmc-relay: {e}");
-                ExitCode::from(exit::CONFIG)
-            }
-            Err(RunError::Io(e)) => {
-                eprintln!("sfmc-relay: {e}");
-                ExitCode::from(exit::IO)
-            }
+            Err(e) => run_error(e),
         }
     }
 }

@@ -11,10 +11,10 @@ use crate::event::{
 };
 use crate::rules::Program;
 use crate::sfmc::deadletter::DeadLetters;
-use crate::sfmc::sink::{Counters, Sink, SinkConfig};
+use crate::sfmc::sink::{self as sinks, Counters, EventRef, Prepared, Sink, SinkConfig};
 use crate::sfmc::{ClientConfig, ClientStats, Credentials, Endpoints, RetryPolicy, SfmcClient};
 use crate::sim::{self, SimHandle};
-use crate::transform::{Outcome, Trace, transform};
+use crate::transform::{Outcome, Trace, transform_owned};
 use serde_json::Value;
 use std::io::{BufReader, IsTerminal, Read, Write};
 use std::num::NonZeroU32;
@@ -148,12 +148,19 @@ pub enum RunError {
     Io(String),
 }
 
+/// What a worker made of one event.
+enum Work {
+    Send(Prepared),
+    Skipped(String),
+    Rejected(String),
+}
+
 enum Item {
     Event {
         line: u64,
         version: Arc<str>,
-        event: Arc<Value>,
-        outcome: Outcome,
+        event: EventRef,
+        work: Work,
     },
     Invalid {
         line: u64,
@@ -306,50 +313,74 @@ struct Job {
     reply: std::sync::mpsc::SyncSender<Vec<Item>>,
 }
 
+/// Interpret one event and prepare its calls (on a worker thread).
+fn work(program: &Program, event: Value) -> Work {
+    match transform_owned(program, event, &mut Trace::off()) {
+        Outcome::Actions(actions) => Work::Send(sinks::prepare(actions)),
+        Outcome::Skipped(reason) => Work::Skipped(reason),
+        Outcome::Rejected(reason) => Work::Rejected(reason),
+    }
+}
+
 /// Parse and interpret one chunk of lines (runs on a worker thread).
-fn process_chunk(job: &Job, kind: InputKind) -> Vec<Item> {
+fn process_chunk(job: Job, kind: InputKind) -> Vec<Item> {
     let program = &job.program;
     let version: Arc<str> = Arc::from(program.version.as_str());
     let mut items = Vec::with_capacity(job.lines.len());
-    for (line, buf, too_long) in &job.lines {
-        let line = *line;
+    for (line, buf, too_long) in job.lines {
         if let Some(len) = too_long {
             // Longer than MAX_LINE_BYTES: dead-lettered with its start only.
             items.push(Item::Invalid {
                 line,
                 version: version.clone(),
-                raw: preview(buf),
-                reason: too_long_reason(line, *len),
+                raw: preview(&buf),
+                reason: too_long_reason(line, len),
             });
             continue;
         }
-        match std::str::from_utf8(buf) {
-            Err(e) => items.push(Item::Invalid {
-                line,
-                version: version.clone(),
-                raw: String::from_utf8_lossy(buf).into_owned(),
-                reason: format!("line {}: not UTF-8 text: {e}", line + 1),
-            }),
-            Ok(text) => match line_events(text, line, kind) {
-                Line::Blank => {}
-                Line::Invalid(reason) => items.push(Item::Invalid {
+        let text = match String::from_utf8(buf) {
+            Ok(text) => text,
+            Err(e) => {
+                let reason = format!("line {}: not UTF-8 text: {}", line + 1, e.utf8_error());
+                items.push(Item::Invalid {
                     line,
                     version: version.clone(),
-                    raw: text.trim_end().to_string(),
+                    raw: String::from_utf8_lossy(e.as_bytes()).into_owned(),
                     reason,
-                }),
-                Line::Events(events) => {
-                    for ev in events {
-                        let outcome = transform(program, &ev, &mut Trace::off());
-                        items.push(Item::Event {
-                            line,
-                            version: version.clone(),
-                            event: Arc::new(ev),
-                            outcome,
-                        });
-                    }
+                });
+                continue;
+            }
+        };
+        match line_events(&text, line, kind) {
+            Line::Blank => {}
+            Line::Invalid(reason) => items.push(Item::Invalid {
+                line,
+                version: version.clone(),
+                raw: text.trim_end().to_string(),
+                reason,
+            }),
+            Line::Events(mut events) if events.len() == 1 && kind == InputKind::Events => {
+                // One event per line (the common case): the line's text stands for the
+                // event in a dead letter, and the parsed tree is consumed by the rules.
+                let ev = events.pop().expect("one event");
+                items.push(Item::Event {
+                    line,
+                    version: version.clone(),
+                    work: work(program, ev),
+                    event: EventRef::Json(text),
+                });
+            }
+            Line::Events(events) => {
+                for ev in events {
+                    let event = EventRef::from(ev.clone());
+                    items.push(Item::Event {
+                        line,
+                        version: version.clone(),
+                        work: work(program, ev),
+                        event,
+                    });
                 }
-            },
+            }
         }
     }
     items
@@ -391,8 +422,8 @@ fn reader_thread(
                         Ok(job) => job,
                         Err(_) => return,
                     };
-                    let items = process_chunk(&job, kind);
-                    let _ = job.reply.send(items);
+                    let reply = job.reply.clone();
+                    let _ = reply.send(process_chunk(job, kind));
                 }
             })?;
     }
@@ -416,7 +447,7 @@ fn reader_thread(
                                     version,
                                     event,
                                     ..
-                                } => (line, version, (*event).clone()),
+                                } => (line, version, event.to_value()),
                                 Item::Invalid {
                                     line, version, raw, ..
                                 } => (line, version, Value::String(raw)),
@@ -573,9 +604,9 @@ pub async fn run(rules: RuleSource, opts: RunOptions) -> Result<RunSummary, RunE
                 line,
                 version,
                 event,
-                outcome,
-            } => match outcome {
-                Outcome::Skipped(reason) => {
+                work,
+            } => match work {
+                Work::Skipped(reason) => {
                     summary.skipped += 1;
                     if summary.skip_reasons.len() < 1000
                         || summary.skip_reasons.contains_key(&reason)
@@ -583,8 +614,11 @@ pub async fn run(rules: RuleSource, opts: RunOptions) -> Result<RunSummary, RunE
                         *summary.skip_reasons.entry(reason).or_default() += 1;
                     }
                 }
-                Outcome::Rejected(reason) => sink.reject(line, &version, &event, &reason),
-                Outcome::Actions(actions) => sink.submit(line, version, event, actions).await,
+                Work::Rejected(reason) => sink.reject(line, &version, &event.to_value(), &reason),
+                Work::Send(prepared) => {
+                    sink.submit_prepared(line, version, event, prepared, None)
+                        .await
+                }
             },
         }
     }

@@ -90,7 +90,7 @@ pub struct Ticket {
     completion: Mutex<Option<Completion>>,
     line: u64,
     version: Arc<str>,
-    event: Arc<Value>,
+    event: EventRef,
     remaining: AtomicUsize,
     failure: Mutex<Option<Failure>>,
     shared: Arc<Shared>,
@@ -120,7 +120,7 @@ impl Ticket {
                 }
                 Some(f) => {
                     self.shared
-                        .dead_letter(self.line, &self.version, &self.event, &f);
+                        .dead_letter(self.line, &self.version, &self.event.to_value(), &f);
                     Delivery::DeadLettered
                 }
             };
@@ -177,37 +177,153 @@ impl ContactCache {
     }
 }
 
+/// The event a ticket stands for, kept to write it to the dead-letter file if its
+/// delivery fails. `Json` keeps the input text (one allocation, freed by whichever thread
+/// finishes the event) instead of the parsed tree; it is parsed again only for a dead letter.
+#[derive(Debug, Clone)]
+pub enum EventRef {
+    Value(Arc<Value>),
+    /// The JSON text of the event.
+    Json(String),
+}
+
+impl EventRef {
+    /// The event as JSON (text that does not parse is kept as a string).
+    pub fn to_value(&self) -> Value {
+        match self {
+            EventRef::Value(v) => (**v).clone(),
+            EventRef::Json(s) => {
+                serde_json::from_str(s).unwrap_or_else(|_| Value::String(s.clone()))
+            }
+        }
+    }
+}
+
+impl From<Arc<Value>> for EventRef {
+    fn from(v: Arc<Value>) -> Self {
+        EventRef::Value(v)
+    }
+}
+
+impl From<Value> for EventRef {
+    fn from(v: Value) -> Self {
+        EventRef::Value(Arc::new(v))
+    }
+}
+
+/// One event's actions made ready for the sink: rows serialised and their primary keys
+/// identified, call bodies serialised. [`prepare`] is pure CPU work, so `run` does it on
+/// its worker threads and the async side only routes bytes.
+#[derive(Debug, Default)]
+pub struct Prepared {
+    actions: Vec<PreparedAction>,
+}
+
+#[derive(Debug)]
+enum PreparedAction {
+    Row(PreparedRow),
+    Contact(String),
+    Post { path: &'static str, body: Bytes },
+}
+
+#[derive(Debug)]
+struct PreparedRow {
+    data_extension: String,
+    /// The data extension, lower-cased (its lanes are shared by any spelling).
+    lane_key: String,
+    /// Primary-key identity (key names lower-cased and sorted, with their values).
+    pk: Box<str>,
+    /// Hash of (data extension, primary key): picks the lane.
+    hash: u64,
+    /// `{"keys":{..},"values":{..}}`
+    json: Vec<u8>,
+}
+
+/// Serialise `actions` for [`Sink::submit_prepared`].
+pub fn prepare(actions: Vec<Action>) -> Prepared {
+    let actions = actions
+        .into_iter()
+        .map(|a| match a {
+            Action::UpsertRow {
+                data_extension,
+                keys,
+                values,
+            } => {
+                let pk = pk_identity(&keys);
+                let mut h = std::collections::hash_map::DefaultHasher::new();
+                pk.hash(&mut h);
+                let json = serde_json::to_vec(&RowRef {
+                    keys: &keys,
+                    values: &values,
+                })
+                .expect("JSON values serialize");
+                PreparedAction::Row(PreparedRow {
+                    lane_key: data_extension.to_lowercase(),
+                    data_extension,
+                    pk: pk.into_boxed_str(),
+                    hash: h.finish(),
+                    json,
+                })
+            }
+            Action::CreateContact { contact_key } => PreparedAction::Contact(contact_key),
+            a @ Action::ApiEvent { .. } => PreparedAction::Post {
+                path: EVENTS_PATH,
+                body: Bytes::from(serde_json::to_vec(&a.body()).expect("JSON values serialize")),
+            },
+        })
+        .collect();
+    Prepared { actions }
+}
+
 struct RowMsg {
-    keys: Map<String, Value>,
-    values: Map<String, Value>,
+    pk: Box<str>,
+    json: Vec<u8>,
     ticket: Arc<Ticket>,
 }
 
 /// A row in a pending batch: possibly several events' rows coalesced.
 struct Row {
-    keys: Map<String, Value>,
-    values: Map<String, Value>,
+    json: Vec<u8>,
     tickets: Vec<Arc<Ticket>>,
 }
 
-impl Row {
-    fn json(&self) -> Value {
-        json!({"keys": self.keys, "values": self.values})
-    }
+/// A rowset entry parsed back, to coalesce two rows of one primary key (rare) or to
+/// record a failed row in a dead letter.
+#[derive(serde::Deserialize)]
+struct OwnedRow {
+    keys: Map<String, Value>,
+    values: Map<String, Value>,
+}
+
+fn parse_row(json: &[u8]) -> OwnedRow {
+    serde_json::from_slice(json).expect("rows are serialised by prepare()")
+}
+
+/// `later` coalesced into `earlier`: later values win, keys are unioned.
+fn merge_rows(earlier: &[u8], later: &[u8]) -> Vec<u8> {
+    let mut a = parse_row(earlier);
+    let b = parse_row(later);
+    a.keys.extend(b.keys);
+    a.values.extend(b.values);
+    serde_json::to_vec(&RowRef {
+        keys: &a.keys,
+        values: &a.values,
+    })
+    .expect("JSON values serialize")
 }
 
 /// The primary-key identity of a row: key names (case-insensitive) and values.
 fn pk_identity(keys: &Map<String, Value>) -> String {
-    let mut parts: Vec<(String, String)> = keys
-        .iter()
-        .map(|(k, v)| (k.to_lowercase(), v.to_string()))
-        .collect();
-    parts.sort();
+    use std::fmt::Write as _;
+    let mut parts: Vec<(String, &Value)> =
+        keys.iter().map(|(k, v)| (k.to_lowercase(), v)).collect();
+    parts.sort_by(|a, b| a.0.cmp(&b.0));
     let mut s = String::new();
     for (k, v) in parts {
         s.push_str(&k);
         s.push('\u{1f}');
-        s.push_str(&v);
+        // JSON text: strings quoted and escaped, so no value can forge a separator.
+        let _ = write!(s, "{v}");
         s.push('\u{1e}');
     }
     s
@@ -264,7 +380,7 @@ impl Sink {
         &mut self,
         line: u64,
         version: Arc<str>,
-        event: Arc<Value>,
+        event: impl Into<EventRef>,
         actions: Vec<Action>,
     ) {
         self.submit_with(line, version, event, actions, None).await
@@ -275,11 +391,25 @@ impl Sink {
         &mut self,
         line: u64,
         version: Arc<str>,
-        event: Arc<Value>,
+        event: impl Into<EventRef>,
         actions: Vec<Action>,
         completion: Option<Completion>,
     ) {
+        self.submit_prepared(line, version, event.into(), prepare(actions), completion)
+            .await
+    }
+
+    /// [`Sink::submit_with`] for actions already [`prepare`]d (off the async threads).
+    pub async fn submit_prepared(
+        &mut self,
+        line: u64,
+        version: Arc<str>,
+        event: EventRef,
+        prepared: Prepared,
+        completion: Option<Completion>,
+    ) {
         while self.tasks.try_join_next().is_some() {}
+        let actions = prepared.actions;
         let ticket = Arc::new(Ticket {
             completion: Mutex::new(completion),
             line,
@@ -296,15 +426,8 @@ impl Sink {
         }
         for action in actions {
             match action {
-                Action::UpsertRow {
-                    data_extension,
-                    keys,
-                    values,
-                } => {
-                    self.route_row(data_extension, keys, values, ticket.clone())
-                        .await
-                }
-                Action::CreateContact { contact_key } => {
+                PreparedAction::Row(row) => self.route_row(row, ticket.clone()).await,
+                PreparedAction::Contact(contact_key) => {
                     let fresh = self
                         .shared
                         .contacts
@@ -319,10 +442,18 @@ impl Sink {
                         ticket.done(Ok(()));
                         continue;
                     }
-                    let body = json!({"contactKey": contact_key, "attributeSets": []});
                     let shared = self.shared.clone();
                     let t = ticket.clone();
                     self.spawn(async move {
+                        let body = Bytes::from(
+                            serde_json::to_vec(
+                                &Action::CreateContact {
+                                    contact_key: contact_key.clone(),
+                                }
+                                .body(),
+                            )
+                            .expect("JSON values serialize"),
+                        );
                         let r = send_one(&shared, CONTACTS_PATH, body).await;
                         if r.is_err() {
                             shared
@@ -335,16 +466,11 @@ impl Sink {
                     })
                     .await;
                 }
-                Action::ApiEvent {
-                    contact_key,
-                    definition_key,
-                    data,
-                } => {
-                    let body = json!({"ContactKey": contact_key, "EventDefinitionKey": definition_key, "Data": data});
+                PreparedAction::Post { path, body } => {
                     let shared = self.shared.clone();
                     let t = ticket.clone();
                     self.spawn(async move {
-                        let r = send_one(&shared, EVENTS_PATH, body).await;
+                        let r = send_one(&shared, path, body).await;
                         t.done(r);
                     })
                     .await;
@@ -366,30 +492,23 @@ impl Sink {
         });
     }
 
-    async fn route_row(
-        &mut self,
-        de: String,
-        keys: Map<String, Value>,
-        values: Map<String, Value>,
-        ticket: Arc<Ticket>,
-    ) {
+    async fn route_row(&mut self, row: PreparedRow, ticket: Arc<Ticket>) {
         let lanes = self.shared.config.lanes.max(1);
-        let lane = {
-            let mut h = std::collections::hash_map::DefaultHasher::new();
-            pk_identity(&keys).hash(&mut h);
-            (h.finish() % lanes as u64) as usize
+        let lane = (row.hash % lanes as u64) as usize;
+        let id = (row.lane_key, lane);
+        let tx = match self.lanes.get(&id) {
+            Some(tx) => tx,
+            None => {
+                let (tx, rx) = mpsc::channel(self.shared.config.batch_rows.max(1) * 2);
+                let shared = self.shared.clone();
+                self.tasks
+                    .spawn(lane_loop(shared, row.data_extension.clone(), rx));
+                self.lanes.entry(id).or_insert(tx)
+            }
         };
-        let id = (de.to_lowercase(), lane);
-        if !self.lanes.contains_key(&id) {
-            let (tx, rx) = mpsc::channel(self.shared.config.batch_rows.max(1) * 2);
-            let shared = self.shared.clone();
-            self.tasks.spawn(lane_loop(shared, de.clone(), rx));
-            self.lanes.insert(id.clone(), tx);
-        }
-        let tx = &self.lanes[&id];
         let msg = RowMsg {
-            keys,
-            values,
+            pk: row.pk,
+            json: row.json,
             ticket,
         };
         if let Err(mpsc::error::SendError(msg)) = tx.send(msg).await {
@@ -436,13 +555,18 @@ fn failure_from(e: &SendError, call: Value) -> Failure {
     }
 }
 
-async fn send_one(shared: &Shared, path: &str, body: Value) -> Result<(), Failure> {
-    let bytes = Bytes::from(serde_json::to_vec(&body).expect("JSON values serialize"));
-    match shared.client.send(Method::POST, path, bytes).await {
+/// The body as JSON for a dead-letter record (text that does not parse is kept as a string).
+fn body_value(body: &[u8]) -> Value {
+    serde_json::from_slice(body)
+        .unwrap_or_else(|_| Value::String(String::from_utf8_lossy(body).into_owned()))
+}
+
+async fn send_one(shared: &Shared, path: &str, body: Bytes) -> Result<(), Failure> {
+    match shared.client.send(Method::POST, path, body.clone()).await {
         Ok(_) => Ok(()),
         Err(e) => Err(failure_from(
             &e,
-            json!({"method": "POST", "path": path, "body": body}),
+            json!({"method": "POST", "path": path, "body": body_value(&body)}),
         )),
     }
 }
@@ -459,39 +583,33 @@ async fn lane_loop(shared: Arc<Shared>, de: String, mut rx: mpsc::Receiver<RowMs
                 None => break,
             },
         };
-        let mut batch: IndexMap<String, Row> = IndexMap::new();
+        let mut batch: IndexMap<Box<str>, Row> = IndexMap::with_capacity(cfg.batch_rows);
+        // `[` and `]`, plus each row and its comma.
         let mut bytes = 2usize;
         let deadline = Instant::now() + cfg.linger;
         let mut next = Some(first);
         loop {
             if let Some(m) = next.take() {
-                let size = row_size(&m.keys, &m.values);
-                let id = pk_identity(&m.keys);
-                if let Some(row) = batch.get_mut(&id) {
-                    for (k, v) in m.keys {
-                        row.keys.insert(k, v);
-                    }
-                    for (k, v) in m.values {
-                        row.values.insert(k, v);
-                    }
+                if let Some(row) = batch.get_mut(&m.pk) {
+                    let merged = merge_rows(&row.json, &m.json);
+                    bytes = bytes + merged.len() - row.json.len();
+                    row.json = merged;
                     row.tickets.push(m.ticket);
-                    bytes += size; // an over-estimate: safe for the byte limit
                     shared
                         .counters
                         .rows_coalesced
                         .fetch_add(1, Ordering::Relaxed);
                 } else if !batch.is_empty()
-                    && (batch.len() >= cfg.batch_rows || bytes + size + 1 > cfg.batch_bytes)
+                    && (batch.len() >= cfg.batch_rows || bytes + m.json.len() + 1 > cfg.batch_bytes)
                 {
                     carry = Some(m);
                     break;
                 } else {
-                    bytes += size + 1;
+                    bytes += m.json.len() + 1;
                     batch.insert(
-                        id,
+                        m.pk,
                         Row {
-                            keys: m.keys,
-                            values: m.values,
+                            json: m.json,
                             tickets: vec![m.ticket],
                         },
                     );
@@ -509,46 +627,18 @@ async fn lane_loop(shared: Arc<Shared>, de: String, mut rx: mpsc::Receiver<RowMs
     }
 }
 
-/// The serialised size of `{"keys":{..},"values":{..}}`, computed without serialising:
-/// exact for strings (escapes counted at their longest, `\u00XX`), a safe upper bound
-/// for numbers.
-fn row_size(keys: &Map<String, Value>, values: &Map<String, Value>) -> usize {
-    fn str_len(s: &str) -> usize {
-        2 + s.len()
-            + s.bytes()
-                .filter(|b| *b < 0x20 || *b == b'"' || *b == b'\\')
-                .count()
-                * 5
-    }
-    fn value_len(v: &Value) -> usize {
-        match v {
-            Value::Null => 4,
-            Value::Bool(_) => 5,
-            Value::Number(_) => 24,
-            Value::String(s) => str_len(s),
-            Value::Array(a) => 2 + a.iter().map(|x| value_len(x) + 1).sum::<usize>(),
-            Value::Object(m) => map_len(m),
-        }
-    }
-    fn map_len(m: &Map<String, Value>) -> usize {
-        2 + m
-            .iter()
-            .map(|(k, v)| str_len(k) + 2 + value_len(v))
-            .sum::<usize>()
-    }
-    map_len(keys) + map_len(values) + 20
-}
-
-/// A rowset body, serialised from the rows without copying them.
+/// A rowset body: the rows' JSON in an array.
 fn rowset_body(rows: &[Row]) -> Vec<u8> {
-    let refs: Vec<RowRef> = rows
-        .iter()
-        .map(|r| RowRef {
-            keys: &r.keys,
-            values: &r.values,
-        })
-        .collect();
-    serde_json::to_vec(&refs).expect("JSON values serialize")
+    let mut out = Vec::with_capacity(2 + rows.iter().map(|r| r.json.len() + 1).sum::<usize>());
+    out.push(b'[');
+    for (i, r) in rows.iter().enumerate() {
+        if i > 0 {
+            out.push(b',');
+        }
+        out.extend_from_slice(&r.json);
+    }
+    out.push(b']');
+    out
 }
 
 /// Send rows as one rowset; on a permanent 400, split and resend the halves until each
@@ -581,7 +671,8 @@ async fn send_rows(shared: &Shared, path: &str, rows: Vec<Row>) {
             }
             Err(e) => {
                 for row in chunk {
-                    let call = json!({"method": "POST", "path": path, "body": [row.json()]});
+                    let call =
+                        json!({"method": "POST", "path": path, "body": [body_value(&row.json)]});
                     let f = failure_from(&e, call);
                     for t in row.tickets {
                         t.done(Err(f.clone()));
@@ -596,26 +687,72 @@ async fn send_rows(shared: &Shared, path: &str, rows: Vec<Row>) {
 mod tests {
     use super::*;
 
-    #[test]
-    fn row_size_is_never_below_the_serialised_size() {
-        for (k, v) in [
-            (
-                json!({"Contact Key": "u-1"}),
-                json!({"Email": "a@b.c", "N": 3, "B": true}),
-            ),
-            (
-                json!({"K": "q\"uo\\te\n\u{1}"}),
-                json!({"Ünïcødé": "日本語 🎉", "F": -1.5e300}),
-            ),
-            (json!({}), json!({})),
-        ] {
-            let (k, v) = (k.as_object().unwrap(), v.as_object().unwrap());
-            let real = serde_json::to_vec(&json!({"keys": k, "values": v}))
-                .unwrap()
-                .len();
-            let est = row_size(k, v);
-            assert!(est >= real, "{est} < {real}");
-            assert!(est <= real + 80, "{est} far above {real}");
+    fn row(keys: Value, values: Value) -> Action {
+        Action::UpsertRow {
+            data_extension: "De".into(),
+            keys: keys.as_object().unwrap().clone(),
+            values: values.as_object().unwrap().clone(),
         }
+    }
+
+    fn prepared_row(a: Action) -> PreparedRow {
+        match prepare(vec![a]).actions.pop() {
+            Some(PreparedAction::Row(r)) => r,
+            other => panic!("{other:?}"),
+        }
+    }
+
+    #[test]
+    fn prepared_rows_serialise_the_row_and_identify_the_key_case_insensitively() {
+        let a = prepared_row(row(
+            json!({"Contact Key": "u-1"}),
+            json!({"Email": "a@b.c"}),
+        ));
+        let b = prepared_row(row(json!({"contact key": "u-1"}), json!({"N": 2})));
+        let c = prepared_row(row(json!({"Contact Key": 1}), json!({})));
+        let d = prepared_row(row(json!({"Contact Key": "1"}), json!({})));
+        assert_eq!(
+            serde_json::from_slice::<Value>(&a.json).unwrap(),
+            json!({"keys": {"Contact Key": "u-1"}, "values": {"Email": "a@b.c"}})
+        );
+        assert_eq!((a.pk.clone(), a.hash), (b.pk, b.hash));
+        assert_eq!(a.lane_key, "de");
+        assert_ne!(c.pk, d.pk, "a number and a string key are different rows");
+    }
+
+    #[test]
+    fn merged_rows_union_keys_and_later_values_win() {
+        let a = prepared_row(row(json!({"K": "1"}), json!({"A": 1, "B": 1})));
+        let b = prepared_row(row(json!({"K": "1"}), json!({"B": 2, "C": 2})));
+        let m = merge_rows(&a.json, &b.json);
+        assert_eq!(
+            serde_json::from_slice::<Value>(&m).unwrap(),
+            json!({"keys": {"K": "1"}, "values": {"A": 1, "B": 2, "C": 2}})
+        );
+    }
+
+    #[test]
+    fn rowset_body_is_a_json_array_of_the_rows() {
+        let rows: Vec<Row> = [json!({"A": 1}), json!({"B": "x"})]
+            .into_iter()
+            .map(|v| Row {
+                json: prepared_row(row(json!({"K": "k"}), v)).json,
+                tickets: vec![],
+            })
+            .collect();
+        assert_eq!(
+            serde_json::from_slice::<Value>(&rowset_body(&rows)).unwrap(),
+            json!([{"keys": {"K": "k"}, "values": {"A": 1}}, {"keys": {"K": "k"}, "values": {"B": "x"}}])
+        );
+        assert_eq!(rowset_body(&[]), b"[]");
+    }
+
+    #[test]
+    fn json_events_are_parsed_back_for_dead_letters() {
+        assert_eq!(
+            EventRef::Json(r#"{"type":"track"}"#.into()).to_value(),
+            json!({"type": "track"})
+        );
+        assert_eq!(EventRef::Json("nope".into()).to_value(), json!("nope"));
     }
 }

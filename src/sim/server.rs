@@ -646,13 +646,14 @@ fn row_error_response(st: &SimState, target: &DeTarget, e: RowError) -> Response
 
 /// Validate rows in order; save those before the first bad one; everything from the bad
 /// row on is rejected (and the error does not say which row it was).
-fn process_rows(st: &SimState, target: &DeTarget, rows: &[Value]) -> Result<(), RowError> {
+fn process_rows(st: &SimState, target: &DeTarget, rows: Vec<Value>) -> Result<(), RowError> {
     let ci = st.config().case_insensitive_key_values;
-    let mut prepared = Vec::with_capacity(rows.len());
+    let total = rows.len();
+    let mut prepared = Vec::with_capacity(total);
     let mut failure = None;
     for row in rows {
         let result = match target {
-            DeTarget::Declared(schema) => prepare_declared(schema, row, ci),
+            DeTarget::Declared(schema) => prepare_declared(schema, &row, ci),
             DeTarget::Undeclared(_) => prepare_undeclared(row, ci),
         };
         match result {
@@ -663,7 +664,7 @@ fn process_rows(st: &SimState, target: &DeTarget, rows: &[Value]) -> Result<(), 
             }
         }
     }
-    let rejected = (rows.len() - prepared.len()) as u64;
+    let rejected = (total - prepared.len()) as u64;
     st.apply_rows(target, prepared, rejected);
     match failure {
         None => Ok(()),
@@ -691,7 +692,7 @@ async fn rowset(State(st): St, Path(spec): Path<String>, body: Bytes) -> Respons
         }
         Err(e) => return bad_json(&e),
     };
-    match process_rows(&st, &target, &rows) {
+    match process_rows(&st, &target, rows) {
         // The rows are echoed back as sent.
         Ok(()) => (
             StatusCode::OK,
@@ -757,7 +758,7 @@ async fn put_row(State(st): St, Path((spec, pk)): Path<(String, String)>, body: 
         Err(e) => return bad_json(&e),
     };
     let row = json!({"keys": keys, "values": values});
-    match process_rows(&st, &target, std::slice::from_ref(&row)) {
+    match process_rows(&st, &target, vec![row.clone()]) {
         Ok(()) => json_response(StatusCode::OK, row),
         Err(e) => row_error_response(&st, &target, e),
     }
@@ -1011,7 +1012,7 @@ pub fn check_request_body(body: &[u8]) -> usize {
     match &value {
         Value::Array(rows) => {
             for row in rows {
-                let _ = prepare_undeclared(row, true);
+                let _ = prepare_undeclared(row.clone(), true);
                 if prepare_declared(&schema, row, false).is_ok() {
                     accepted += 1;
                 }

@@ -85,6 +85,8 @@ pub(crate) struct DeData {
     pub upserts: u64,
     /// For undeclared data extensions: lower-cased column -> first casing seen.
     pub canonical: HashMap<String, String>,
+    /// The values of `canonical`: names already in their canonical casing.
+    pub canonical_names: std::collections::HashSet<String>,
 }
 
 impl DeData {
@@ -96,10 +98,18 @@ impl DeData {
             index: HashMap::new(),
             upserts: 0,
             canonical: HashMap::new(),
+            canonical_names: Default::default(),
         }
     }
 
     fn canonicalize(&mut self, map: Map<String, Value>) -> Map<String, Value> {
+        // The common case: every column already in its first-seen casing (no copies).
+        if map
+            .keys()
+            .all(|k| self.canonical_names.contains(k.as_str()))
+        {
+            return map;
+        }
         map.into_iter()
             .map(|(k, v)| {
                 let canon = self
@@ -107,6 +117,7 @@ impl DeData {
                     .entry(k.to_lowercase())
                     .or_insert_with(|| k.clone())
                     .clone();
+                self.canonical_names.insert(canon.clone());
                 (canon, v)
             })
             .collect()

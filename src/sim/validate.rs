@@ -252,12 +252,19 @@ pub(crate) fn prepare_declared(
 /// keys are whatever `keys` the row sends. Column names are canonicalised later, under
 /// the state lock, to the first casing seen.
 pub(crate) fn prepare_undeclared(
-    row: &Value,
+    row: Value,
     case_insensitive_values: bool,
 ) -> Result<PreparedRow, RowError> {
-    let (keys, values) = split_row(row)?;
-    let keys = keys.cloned().unwrap_or_default();
-    let values = values.cloned().unwrap_or_default();
+    split_row(&row)?;
+    let Value::Object(mut obj) = row else {
+        unreachable!("split_row checked it is an object")
+    };
+    let mut take = |name: &str| match obj.swap_remove(name) {
+        Some(Value::Object(m)) => m,
+        _ => Map::new(),
+    };
+    let keys = take("keys");
+    let values = take("values");
     if keys.is_empty() && values.is_empty() {
         return Err(RowError::NoExistingField);
     }

@@ -18,7 +18,9 @@ use crate::action::{Action, CONTACTS_PATH, EVENTS_PATH, RowRef, rowset_path};
 use bytes::Bytes;
 use indexmap::IndexMap;
 use reqwest::Method;
+use serde_json::value::RawValue;
 use serde_json::{Map, Value, json};
+use std::borrow::Cow;
 use std::collections::{HashSet, VecDeque};
 use std::hash::{Hash, Hasher};
 use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
@@ -287,29 +289,82 @@ struct Row {
     tickets: Vec<Arc<Ticket>>,
 }
 
-/// A rowset entry parsed back, to coalesce two rows of one primary key (rare) or to
-/// record a failed row in a dead letter.
+/// An object's members, borrowed from its JSON text (values left unparsed).
+struct RawMembers<'a>(Vec<(Cow<'a, str>, &'a RawValue)>);
+
+impl<'de: 'a, 'a> serde::Deserialize<'de> for RawMembers<'a> {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        struct V<'a>(std::marker::PhantomData<&'a ()>);
+        impl<'de: 'a, 'a> serde::de::Visitor<'de> for V<'a> {
+            type Value = RawMembers<'a>;
+            fn expecting(&self, f: &mut std::fmt::Formatter) -> std::fmt::Result {
+                f.write_str("an object")
+            }
+            fn visit_map<A: serde::de::MapAccess<'de>>(
+                self,
+                mut m: A,
+            ) -> Result<Self::Value, A::Error> {
+                #[derive(serde::Deserialize)]
+                struct Key<'a>(#[serde(borrow)] Cow<'a, str>);
+                let mut out = Vec::with_capacity(m.size_hint().unwrap_or(16));
+                while let Some((Key(k), v)) = m.next_entry::<Key<'a>, &'a RawValue>()? {
+                    out.push((k, v));
+                }
+                Ok(RawMembers(out))
+            }
+        }
+        d.deserialize_map(V(std::marker::PhantomData))
+    }
+}
+
+impl<'a> RawMembers<'a> {
+    /// Insert or replace (in place, like a map's insert).
+    fn merge(&mut self, later: RawMembers<'a>) {
+        for (k, v) in later.0 {
+            match self.0.iter_mut().find(|(e, _)| *e == k) {
+                Some(slot) => slot.1 = v,
+                None => self.0.push((k, v)),
+            }
+        }
+    }
+
+    fn write(&self, out: &mut Vec<u8>) {
+        out.push(b'{');
+        for (i, (k, v)) in self.0.iter().enumerate() {
+            if i > 0 {
+                out.push(b',');
+            }
+            serde_json::to_writer(&mut *out, k.as_ref()).expect("writing to a Vec");
+            out.push(b':');
+            out.extend_from_slice(v.get().as_bytes());
+        }
+        out.push(b'}');
+    }
+}
+
 #[derive(serde::Deserialize)]
-struct OwnedRow {
-    keys: Map<String, Value>,
-    values: Map<String, Value>,
+struct RawRow<'a> {
+    #[serde(borrow)]
+    keys: RawMembers<'a>,
+    #[serde(borrow)]
+    values: RawMembers<'a>,
 }
 
-fn parse_row(json: &[u8]) -> OwnedRow {
-    serde_json::from_slice(json).expect("rows are serialised by prepare()")
-}
-
-/// `later` coalesced into `earlier`: later values win, keys are unioned.
+/// `later` coalesced into `earlier`: later values win, keys are unioned. Only the two
+/// rows' members are parsed; their values are copied as JSON text.
 fn merge_rows(earlier: &[u8], later: &[u8]) -> Vec<u8> {
-    let mut a = parse_row(earlier);
-    let b = parse_row(later);
-    a.keys.extend(b.keys);
-    a.values.extend(b.values);
-    serde_json::to_vec(&RowRef {
-        keys: &a.keys,
-        values: &a.values,
-    })
-    .expect("JSON values serialize")
+    let parse = |j| serde_json::from_slice::<RawRow>(j).expect("rows are serialised by prepare()");
+    let mut a = parse(earlier);
+    let b = parse(later);
+    a.keys.merge(b.keys);
+    a.values.merge(b.values);
+    let mut out = Vec::with_capacity(earlier.len() + later.len());
+    out.extend_from_slice(b"{\"keys\":");
+    a.keys.write(&mut out);
+    out.extend_from_slice(b",\"values\":");
+    a.values.write(&mut out);
+    out.push(b'}');
+    out
 }
 
 /// The primary-key identity of a row: key names (case-insensitive) and values.
@@ -729,6 +784,24 @@ mod tests {
             serde_json::from_slice::<Value>(&m).unwrap(),
             json!({"keys": {"K": "1"}, "values": {"A": 1, "B": 2, "C": 2}})
         );
+    }
+
+    #[test]
+    fn merging_keeps_escaped_names_and_nested_values_intact() {
+        let a = prepared_row(row(
+            json!({"K\"ey": "1"}),
+            json!({"A\\b": [1, {"x": "y"}], "Z": 1}),
+        ));
+        let b = prepared_row(row(json!({"K\"ey": "1"}), json!({"Z": "two\n", "N": null})));
+        let m = merge_rows(&a.json, &b.json);
+        let v: Value = serde_json::from_slice(&m).unwrap();
+        assert_eq!(
+            v,
+            json!({"keys": {"K\"ey": "1"}, "values": {"A\\b": [1, {"x": "y"}], "Z": "two\n", "N": null}})
+        );
+        // Column order: the earlier row's, then new columns.
+        let cols: Vec<&String> = v["values"].as_object().unwrap().keys().collect();
+        assert_eq!(cols, ["A\\b", "Z", "N"]);
     }
 
     #[test]

@@ -86,7 +86,7 @@ pub(crate) struct DeData {
     /// For undeclared data extensions: lower-cased column -> first casing seen.
     pub canonical: HashMap<String, String>,
     /// The values of `canonical`: names already in their canonical casing.
-    pub canonical_names: std::collections::HashSet<String>,
+    pub canonical_names: foldhash::HashSet<String>,
 }
 
 impl DeData {

@@ -467,9 +467,11 @@ fn reader_thread(
     let mut line: u64 = 0;
     let mut chunk: Vec<(u64, Vec<u8>, Option<u64>)> = Vec::with_capacity(CHUNK_LINES);
     let mut result = Ok(());
+    // Lines are read into one reused buffer and copied out at their exact size (a fresh
+    // buffer per line grew by doubling: several reallocations per event).
+    let mut line_buf = Vec::with_capacity(64 * 1024);
     loop {
-        let mut buf = Vec::new();
-        let read = match read_line_limited(&mut reader, &mut buf, MAX_LINE_BYTES) {
+        let read = match read_line_limited(&mut reader, &mut line_buf, MAX_LINE_BYTES) {
             Ok(r) => r,
             Err(e) => {
                 result = Err(e);
@@ -483,7 +485,7 @@ fn reader_thread(
                 ReadLine::TooLong { len } => Some(len),
                 _ => None,
             };
-            chunk.push((line, buf, too_long));
+            chunk.push((line, line_buf.as_slice().to_vec(), too_long));
             line += 1;
         }
         if !chunk.is_empty() && (eof || chunk.len() >= CHUNK_LINES || reader.buffer().is_empty()) {

@@ -1,8 +1,8 @@
 //! A seeded generator of Segment events shaped like those analytics-node sends, for
 //! benchmarks (no network, deterministic for a seed).
 //!
-//! Mix: 50% identify, 25% `Order Completed` (order_id, revenue, products array),
-//! 25% `Product Viewed`; about 900 bytes each with a full `context`.
+//! Mix: exactly 50% identify, 25% `Order Completed` (order_id, revenue, products array),
+//! 25% `Product Viewed` (per block of four events); about 900 bytes each with a full `context`.
 
 use serde_json::{Value, json};
 use std::io::Write;
@@ -52,7 +52,12 @@ pub fn event(cfg: &CorpusConfig, i: u64) -> Value {
         "timezone": "Europe/London"
     });
     let message_id = format!("{:016x}-{i:010}", rng.u64(..));
-    let kind = rng.u8(0..4);
+    // The mix is exact: each block of four events holds two identifies, one Order
+    // Completed and one Product Viewed, in a seeded order.
+    let mut block = [0u8, 1, 2, 3];
+    fastrand::Rng::with_seed(cfg.seed ^ (i / 4).wrapping_mul(0xA076_1D64_78BD_642F))
+        .shuffle(&mut block);
+    let kind = block[(i % 4) as usize];
     match kind {
         0 | 1 => json!({
             "type": "identify",

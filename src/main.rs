@@ -10,7 +10,7 @@ use sfmc_relay::commands;
 use sfmc_relay::commands::run::{InputKind, RunError, RunOptions};
 use sfmc_relay::rules::live::LiveRules;
 use sfmc_relay::rules::{self, RuleErrors};
-use std::io::{BufReader, Read};
+use std::io::{BufReader, Read, Write as _};
 use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 use std::sync::Arc;
@@ -112,10 +112,15 @@ enum Command {
     },
     /// Write a seeded benchmark corpus of Segment events (NDJSON) to stdout
     Corpus {
-        /// Number of events
-        #[arg(long, short = 'n', default_value_t = 100_000)]
-        events: u64,
-        /// Distinct users the events come from (default: events / 50)
+        /// Number of events, default 100000 (also accepted as a plain argument: `corpus 1000000`)
+        #[arg(long, short = 'n', value_name = "N")]
+        events: Option<u64>,
+        #[arg(value_name = "N", conflicts_with = "events", hide = true)]
+        count: Option<u64>,
+        /// Write to FILE instead of stdout
+        #[arg(long, short = 'o', value_name = "FILE")]
+        output: Option<PathBuf>,
+        /// Distinct users the events come from (default: N / 50)
         #[arg(long)]
         users: Option<u64>,
         /// RNG seed (same seed, same corpus)
@@ -335,17 +340,29 @@ fn main() -> ExitCode {
         Command::Produce { kafka, input } => kafka_cli::produce(kafka, input),
         Command::Corpus {
             events,
+            count,
+            output,
             users,
             seed,
         } => {
+            let events = events.or(count).unwrap_or(100_000);
             let cfg = sfmc_relay::corpus::CorpusConfig {
                 events,
-                users: users.unwrap_or((events / 50).max(1)),
+                users: users.unwrap_or((events / 50).max(1)).max(1),
                 seed,
             };
-            let stdout = std::io::stdout();
-            let mut out = std::io::BufWriter::with_capacity(256 * 1024, stdout.lock());
-            match sfmc_relay::corpus::write(&cfg, &mut out) {
+            let sink: Box<dyn std::io::Write> = match &output {
+                None => Box::new(std::io::stdout().lock()),
+                Some(p) => match std::fs::File::create(p) {
+                    Ok(f) => Box::new(f),
+                    Err(e) => {
+                        eprintln!("sfmc-relay corpus: cannot create {}: {e}", p.display());
+                        return ExitCode::from(exit::IO);
+                    }
+                },
+            };
+            let mut out = std::io::BufWriter::with_capacity(256 * 1024, sink);
+            match sfmc_relay::corpus::write(&cfg, &mut out).and_then(|()| out.flush()) {
                 Ok(()) => ExitCode::from(exit::OK),
                 Err(e) if e.kind() == std::io::ErrorKind::BrokenPipe => ExitCode::from(exit::OK),
                 Err(e) => {

@@ -509,3 +509,43 @@ async fn sigterm_with_a_backlog_loses_nothing_read() {
         );
     }
 }
+
+/// `corpus`: N as an option or a plain argument, `--output`, `--users`, and the 50/25/25 mix.
+#[tokio::test]
+async fn corpus_writes_n_events_from_u_users_in_the_required_mix() {
+    let dir = tempfile::tempdir().unwrap();
+    let file = dir.path().join("c.ndjson");
+    let out = output(relay(
+        &[
+            "corpus",
+            "400",
+            "--users",
+            "7",
+            "-o",
+            file.to_str().unwrap(),
+        ],
+        &[],
+    ))
+    .await;
+    assert!(out.status.success(), "{}", text(&out.stderr));
+    let events: Vec<serde_json::Value> = std::fs::read_to_string(&file)
+        .unwrap()
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap())
+        .collect();
+    assert_eq!(events.len(), 400);
+    let users: std::collections::HashSet<&str> =
+        events.iter().filter_map(|e| e["userId"].as_str()).collect();
+    assert!(
+        !users.is_empty() && users.len() <= 7,
+        "{} users",
+        users.len()
+    );
+    let count = |f: &dyn Fn(&serde_json::Value) -> bool| events.iter().filter(|e| f(e)).count();
+    assert_eq!(count(&|e| e["type"] == "identify"), 200);
+    assert_eq!(count(&|e| e["event"] == "Order Completed"), 100);
+    assert_eq!(count(&|e| e["event"] == "Product Viewed"), 100);
+    // The same seed gives the same corpus, on stdout too.
+    let again = output(relay(&["corpus", "-n", "400", "--users", "7"], &[])).await;
+    assert_eq!(again.stdout, std::fs::read(&file).unwrap());
+}

@@ -149,7 +149,7 @@ pub enum RunError {
 }
 
 /// What a worker made of one event.
-enum Work {
+pub(crate) enum Work {
     Send(Prepared),
     Skipped(String),
     Rejected(String),
@@ -313,8 +313,8 @@ struct Job {
     reply: std::sync::mpsc::SyncSender<Vec<Item>>,
 }
 
-/// Interpret one event and prepare its calls (on a worker thread).
-fn work(program: &Program, event: Value) -> Work {
+/// Interpret one event and prepare its calls (on a worker thread, not the async side).
+pub(crate) fn work(program: &Program, event: Value) -> Work {
     match transform_owned(program, event, &mut Trace::off()) {
         Outcome::Actions(actions) => Work::Send(sinks::prepare(actions)),
         Outcome::Skipped(reason) => Work::Skipped(reason),

@@ -12,14 +12,13 @@
 //! Whatever was not handed to the sink stays in the spool for the next start.
 
 use super::run::{
-    EnvSource, RuleSource, RunError, RunSummary, sink_config, target, wait_for_signal,
+    EnvSource, RuleSource, RunError, RunSummary, Work, sink_config, target, wait_for_signal, work,
 };
 use crate::sfmc::deadletter::DeadLetters;
-use crate::sfmc::sink::{Counters, Delivery, Sink};
+use crate::sfmc::sink::{Counters, Delivery, EventRef, Sink};
 use crate::source::http::{self, Ingest};
 use crate::source::metrics::{Metrics, type_index};
 use crate::spool::{Spool, SpoolConfig};
-use crate::transform::{Outcome, Trace, transform};
 use serde_json::Value;
 use std::net::SocketAddr;
 use std::path::PathBuf;
@@ -48,8 +47,9 @@ struct Item {
     seq: u64,
     version: Arc<str>,
     ty: usize,
-    event: Arc<Value>,
-    outcome: Result<Outcome, String>,
+    /// The spooled JSON text (parsed again only for a dead letter).
+    event: EventRef,
+    outcome: Result<Work, String>,
 }
 
 fn reader_thread(
@@ -66,15 +66,18 @@ fn reader_thread(
                     seq,
                     version: version.clone(),
                     ty: type_index(ev.get("type").and_then(Value::as_str)),
-                    outcome: Ok(transform(&program, &ev, &mut Trace::off())),
-                    event: Arc::new(ev),
+                    outcome: Ok(work(&program, ev)),
+                    event: EventRef::Json(
+                        String::from_utf8(payload)
+                            .unwrap_or_else(|e| String::from_utf8_lossy(e.as_bytes()).into()),
+                    ),
                 },
                 // Cannot happen (the handler wrote valid JSON); never lose it silently.
                 Err(e) => Item {
                     seq,
                     version: version.clone(),
                     ty: type_index(None),
-                    event: Arc::new(Value::String(String::from_utf8_lossy(&payload).into())),
+                    event: EventRef::from(Value::String(String::from_utf8_lossy(&payload).into())),
                     outcome: Err(format!("spooled event is not JSON: {e}")),
                 },
             };
@@ -215,18 +218,18 @@ pub async fn serve(rules: RuleSource, opts: ServeOptions) -> Result<RunSummary, 
             outcome,
         } = item;
         match outcome {
-            Ok(Outcome::Skipped(_)) => {
+            Ok(Work::Skipped(_)) => {
                 summary.skipped += 1;
                 metrics.skipped.add(ty, 1);
                 acker.ack(seq);
             }
-            Ok(Outcome::Rejected(reason)) | Err(reason) => {
+            Ok(Work::Rejected(reason)) | Err(reason) => {
                 // Written (and flushed) to the dead-letter file before the ack.
-                sink.reject(seq, &version, &event, &reason);
+                sink.reject(seq, &version, &event.to_value(), &reason);
                 metrics.dead_lettered.add(ty, 1);
                 acker.ack(seq);
             }
-            Ok(Outcome::Actions(actions)) => {
+            Ok(Work::Send(prepared)) => {
                 let (acker, metrics) = (acker.clone(), metrics.clone());
                 let done = Box::new(move |how: Delivery| {
                     match how {
@@ -235,7 +238,7 @@ pub async fn serve(rules: RuleSource, opts: ServeOptions) -> Result<RunSummary, 
                     }
                     acker.ack(seq);
                 });
-                sink.submit_with(seq, version, event, actions, Some(done))
+                sink.submit_prepared(seq, version, event, prepared, Some(done))
                     .await;
             }
         }

@@ -12,20 +12,29 @@ pub enum Line {
 
 /// Parse one NDJSON line (`line_no` is 0-based, for messages).
 pub fn parse_line(text: &str, line_no: u64) -> Line {
+    parse_line_envelope(text, line_no).0
+}
+
+/// [`parse_line`], also telling whether the line was a `{"batch":[...]}` envelope (when
+/// it was not, the line's text is the text of its one event).
+pub fn parse_line_envelope(text: &str, line_no: u64) -> (Line, bool) {
     let t = text.trim();
     if t.is_empty() {
-        return Line::Blank;
+        return (Line::Blank, false);
     }
-    match serde_json::from_str::<Value>(t) {
+    let line = match serde_json::from_str::<Value>(t) {
         Ok(Value::Object(mut obj)) => {
             if !obj.contains_key("type") && obj.contains_key("batch") {
-                return match obj.remove("batch") {
-                    Some(Value::Array(batch)) => Line::Events(batch),
-                    _ => Line::Invalid(format!(
-                        "line {}: \"batch\" must be an array of events",
-                        line_no + 1
-                    )),
-                };
+                return (
+                    match obj.remove("batch") {
+                        Some(Value::Array(batch)) => Line::Events(batch),
+                        _ => Line::Invalid(format!(
+                            "line {}: \"batch\" must be an array of events",
+                            line_no + 1
+                        )),
+                    },
+                    true,
+                );
             }
             Line::Events(vec![Value::Object(obj)])
         }
@@ -41,7 +50,8 @@ pub fn parse_line(text: &str, line_no: u64) -> Line {
             }
         )),
         Err(e) => Line::Invalid(format!("line {}: invalid JSON: {e}", line_no + 1)),
-    }
+    };
+    (line, false)
 }
 
 /// A string field of an event, if present and a string.

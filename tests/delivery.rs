@@ -451,7 +451,19 @@ async fn bad_rows_are_isolated_and_dead_lettered_with_sfmc_message() {
             identify(&format!("u-{i}"), json!({"email": email, "n": i}))
         })
         .collect();
-    write_ndjson(&input, &events);
+    // Some bad events arrive in batch envelopes (one of one event, one of two): their dead
+    // letters must still hold the event itself, not the envelope.
+    let mut text = String::new();
+    for (i, e) in events.iter().enumerate() {
+        match i {
+            3 => text.push_str(&json!({ "batch": [e] }).to_string()),
+            17 => text.push_str(&json!({ "batch": [e, &events[18]] }).to_string()),
+            18 => continue,
+            _ => text.push_str(&e.to_string()),
+        }
+        text.push('\n');
+    }
+    std::fs::write(&input, text).unwrap();
     let s = deliver(&program, &input, &dead, env_for(&sim, &[])).await;
     assert_accounted(&s);
     assert_eq!(s.delivered, 145, "{}", s.render());

@@ -7,7 +7,8 @@
 //! dead-letter file.
 
 use crate::event::{
-    Line, MAX_LINE_BYTES, ReadLine, parse_line, preview, read_line_limited, too_long_reason,
+    Line, MAX_LINE_BYTES, ReadLine, parse_line, parse_line_envelope, preview, read_line_limited,
+    too_long_reason,
 };
 use crate::rules::Program;
 use crate::sfmc::deadletter::DeadLetters;
@@ -351,7 +352,11 @@ fn process_chunk(job: Job, kind: InputKind) -> Vec<Item> {
                 continue;
             }
         };
-        match line_events(&text, line, kind) {
+        let (events, envelope) = match kind {
+            InputKind::Events => parse_line_envelope(&text, line),
+            InputKind::DeadLetters => (line_events(&text, line, kind), true),
+        };
+        match events {
             Line::Blank => {}
             Line::Invalid(reason) => items.push(Item::Invalid {
                 line,
@@ -359,7 +364,7 @@ fn process_chunk(job: Job, kind: InputKind) -> Vec<Item> {
                 raw: text.trim_end().to_string(),
                 reason,
             }),
-            Line::Events(mut events) if events.len() == 1 && kind == InputKind::Events => {
+            Line::Events(mut events) if events.len() == 1 && !envelope => {
                 // One event per line (the common case): the line's text stands for the
                 // event in a dead letter, and the parsed tree is consumed by the rules.
                 let ev = events.pop().expect("one event");

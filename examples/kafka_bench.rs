@@ -7,9 +7,11 @@
 //! ```
 //!
 //! The seeded corpus (`sfmc-relay corpus`, users = events / 50) is produced to the topic
-//! first (untimed); then, for 1 and 2 relays (a fresh group each), the time from the first
+//! first (untimed; the mock broker keeps at most 5 MB, ~5,000 such events, per partition); then, for 1 and 2 relays (a fresh group each), the time from the first
 //! message read to the last event delivered. Results: BENCHMARKS.md.
 
+use rdkafka::ClientConfig;
+use rdkafka::consumer::{BaseConsumer, Consumer};
 use rdkafka::mocking::MockCluster;
 use sfmc_relay::commands::consume::{self, ConsumeOptions};
 use sfmc_relay::commands::produce::{self, ProduceOptions};
@@ -26,9 +28,16 @@ const TOPIC: &str = "bench";
 
 #[tokio::main]
 async fn main() -> anyhow::Result<()> {
+    tracing_subscriber::fmt()
+        .with_writer(std::io::stderr)
+        .with_env_filter(
+            tracing_subscriber::EnvFilter::try_from_env("RUST_LOG")
+                .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("warn")),
+        )
+        .init();
     let args: Vec<String> = std::env::args().collect();
-    let events: u64 = args.get(1).and_then(|a| a.parse().ok()).unwrap_or(100_000);
-    let partitions: i32 = args.get(2).and_then(|a| a.parse().ok()).unwrap_or(6);
+    let events: u64 = args.get(1).and_then(|a| a.parse().ok()).unwrap_or(50_000);
+    let partitions: i32 = args.get(2).and_then(|a| a.parse().ok()).unwrap_or(12);
 
     let mock = MockCluster::new(1)?;
     mock.create_topic(TOPIC, partitions, 1)?;
@@ -59,6 +68,18 @@ async fn main() -> anyhow::Result<()> {
     })
     .await?;
     anyhow::ensure!(produced.written == events, "produce: {produced:?}");
+    // The mock broker keeps at most 5 MB per partition and drops the oldest messages
+    // beyond that: check that nothing was dropped (else use more partitions).
+    let probe: BaseConsumer = ClientConfig::new()
+        .set("bootstrap.servers", &servers)
+        .create()?;
+    for p in 0..partitions {
+        let (low, _) = probe.fetch_watermarks(TOPIC, p, Duration::from_secs(10))?;
+        anyhow::ensure!(
+            low == 0,
+            "the mock cluster dropped {low} messages of partition {p} (5 MB per partition): use more partitions"
+        );
+    }
     println!(
         "produced {events} messages to {partitions} partitions in {:.1} s",
         started.elapsed().as_secs_f64()
@@ -136,8 +157,14 @@ async fn main() -> anyhow::Result<()> {
             tokio::time::sleep(Duration::from_millis(1)).await;
         }
         let t0 = Instant::now();
+        let mut report = Instant::now();
         while read(&running) < events || !idle(&running) {
             tokio::time::sleep(Duration::from_millis(2)).await;
+            if report.elapsed() > Duration::from_secs(5) {
+                report = Instant::now();
+                let in_flight: Vec<usize> = running.iter().map(|(_, _, s)| s.in_flight()).collect();
+                eprintln!("... {} read, in flight {in_flight:?}", read(&running));
+            }
         }
         let secs = t0.elapsed().as_secs_f64();
         let mut split = Vec::new();

@@ -350,6 +350,88 @@ async fn a_dropped_relay_s_partitions_are_taken_over_without_loss() {
     assert!(dead_letters(&dir.path().join("a.deadletter.ndjson")).is_empty());
 }
 
+/// A real crash: `sfmc-relay consume` processes against the mock cluster, one killed with
+/// SIGKILL mid-stream (no LeaveGroup, no commit): the coordinator expires its session and
+/// hands its partitions to the other, which delivers everything the dead one had not
+/// committed.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_killed_relay_process_s_partitions_are_taken_over_without_loss() {
+    let mock = mock();
+    let dir = tempfile::tempdir().unwrap();
+    let sim = start_sim(Faults::default()).await;
+    let rules = rules_dir(&Settings::default());
+    let spawn = |name: &str| {
+        let log = std::fs::File::create(dir.path().join(format!("{name}.log"))).unwrap();
+        tokio::process::Command::new(env!("CARGO_BIN_EXE_sfmc-relay"))
+            .args(["consume", "--rules", rules.path().to_str().unwrap()])
+            .args(["--brokers", &mock.servers, "--topic", TOPIC, "--group", "g"])
+            .args(["--commit-interval-ms", "100", "--requests-per-second", "40"])
+            .args(["--no-watch", "--quiet", "--dead-letter"])
+            .arg(dir.path().join(format!("{name}.deadletter.ndjson")))
+            .env_clear()
+            .envs(sim_env(&sim))
+            .env("SFMC_RELAY_KAFKA_SESSION_TIMEOUT_MS", "3000")
+            .env("SFMC_RELAY_KAFKA_HEARTBEAT_INTERVAL_MS", "200")
+            .env("RUST_LOG", "warn,sfmc_relay=info")
+            .stdin(std::process::Stdio::null())
+            .stderr(log)
+            .kill_on_drop(true)
+            .spawn()
+            .expect("start consume")
+    };
+    let log = |name: &str| {
+        std::fs::read_to_string(dir.path().join(format!("{name}.log"))).unwrap_or_default()
+    };
+    let mut a = spawn("a");
+    wait_until("a assigned", Duration::from_secs(30), || {
+        log("a").contains("partitions assigned")
+    })
+    .await;
+    let mut b = spawn("b");
+    wait_until("b assigned", Duration::from_secs(30), || {
+        log("b").contains("partitions assigned")
+    })
+    .await;
+    wait_until("a reassigned", Duration::from_secs(30), || {
+        log("a").matches("partitions assigned").count() >= 2
+    })
+    .await;
+
+    let users = 60;
+    produce_events(&mock, dir.path(), &workload(users, "t8")).await;
+    wait_until("delivery started", Duration::from_secs(30), || {
+        sim.api_events().len() >= 10
+    })
+    .await;
+    b.start_kill().unwrap();
+    let _ = b.wait().await;
+    assert!(
+        !missing(&sim, users, "t8").is_empty(),
+        "b was killed mid-stream"
+    );
+    let assigned_before = log("a").matches("partitions assigned").count();
+
+    wait_landed(&sim, users, "t8", Duration::from_secs(90)).await;
+    assert!(
+        log("a").matches("partitions assigned").count() > assigned_before,
+        "a was reassigned after b's session expired:\n{}",
+        log("a")
+    );
+    assert_eq!(api_events_per_user(&sim).len(), users, "every signup sent");
+    assert!(final_seq_wrong(&sim, users, "t8", 3).is_empty());
+    let pid = a.id().expect("running").to_string();
+    let term = std::process::Command::new("kill")
+        .args(["-TERM", &pid])
+        .status();
+    assert!(term.unwrap().success());
+    let status = tokio::time::timeout(Duration::from_secs(30), a.wait())
+        .await
+        .expect("a stopped in time")
+        .unwrap();
+    assert!(status.success(), "{}", log("a"));
+    assert!(dead_letters(&dir.path().join("a.deadletter.ndjson")).is_empty());
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn each_user_s_updates_land_in_order() {
     let mock = mock();

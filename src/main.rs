@@ -98,6 +98,8 @@ enum Command {
         #[arg(long, value_name = "MS", default_value_t = 10_000)]
         rebalance_flush_ms: u64,
         #[command(flatten)]
+        flow: ConsumeFlowArgs,
+        #[command(flatten)]
         delivery: DeliveryArgs,
     },
     /// Write NDJSON events to a Kafka topic, keyed by userId (else anonymousId)
@@ -276,6 +278,21 @@ struct KafkaArgs {
 }
 
 #[cfg(feature = "kafka")]
+#[derive(clap::Args)]
+struct ConsumeFlowArgs {
+    /// Pause the partitions at this many events in flight to SFMC (resume at half); not
+    /// the rules' delivery.max_in_flight (concurrent requests)
+    #[arg(long, value_name = "N", default_value_t = sfmc_relay::commands::consume::DEFAULT_MAX_IN_FLIGHT)]
+    max_in_flight: usize,
+    /// Also produce each dead-letter record to this Kafka topic (keyed like the event)
+    #[arg(long, value_name = "T")]
+    dead_letter_topic: Option<String>,
+    /// Drop a Journey Builder API event whose messageId was among the last N (0 = off)
+    #[arg(long, value_name = "N", default_value_t = sfmc_relay::commands::consume::DEFAULT_DEDUP_WINDOW)]
+    dedup_window: usize,
+}
+
+#[cfg(feature = "kafka")]
 const KAFKA_HELP: &str = "\
 Kafka settings: SFMC_RELAY_KAFKA_<PROPERTY> sets the librdkafka property (lower-cased, `_` -> `.`,
 `__` -> `_`), e.g. SFMC_RELAY_KAFKA_SECURITY_PROTOCOL=SASL_SSL, SFMC_RELAY_KAFKA_SASL_MECHANISMS=PLAIN,
@@ -327,6 +344,7 @@ fn main() -> ExitCode {
             group,
             commit_interval_ms,
             rebalance_flush_ms,
+            flow,
             delivery,
         } => kafka_cli::consume(
             rules,
@@ -334,6 +352,7 @@ fn main() -> ExitCode {
             group,
             std::time::Duration::from_millis(commit_interval_ms.max(1)),
             std::time::Duration::from_millis(rebalance_flush_ms),
+            flow,
             delivery,
         ),
         #[cfg(feature = "kafka")]
@@ -690,6 +709,7 @@ mod kafka_cli {
         group: Option<String>,
         commit_interval: Duration,
         flush_timeout: Duration,
+        flow: ConsumeFlowArgs,
         delivery: DeliveryArgs,
     ) -> ExitCode {
         let forced = group.map(|g| ("group.id", g)).into_iter().collect();
@@ -717,10 +737,15 @@ mod kafka_cli {
             topic: args.topic,
             kafka: config,
             dead_letter: delivery.dead_letter,
+            dead_letter_topic: flow.dead_letter_topic,
             requests_per_second: delivery.requests_per_second,
             commit_interval,
             flush_timeout,
+            max_in_flight: flow.max_in_flight,
+            dedup_window: flow.dedup_window,
             env: Arc::new(|k: &str| std::env::var(k).ok()),
+            shutdown: Box::pin(sfmc_relay::commands::run::wait_for_signal()),
+            stats: Default::default(),
         };
         let source = live.clone();
         let result = runtime().block_on(consume::consume(Arc::new(move || source.current()), opts));

@@ -31,15 +31,7 @@ async fn start_sim(yaml: &str) -> SimHandle {
 
 /// Environment pointing the relay at `sim` (legacy v1 unless `extra` sets a subdomain).
 fn env_for(sim: &SimHandle, extra: &[(&str, &str)]) -> HashMap<String, String> {
-    let mut env: HashMap<String, String> = [
-        ("SFMC_CLIENT_ID", "test-client"),
-        ("SFMC_CLIENT_SECRET", "test-secret"),
-        ("SFMC_AUTH_URL", sim.base_url()),
-        ("SFMC_REST_URL", sim.base_url()),
-    ]
-    .into_iter()
-    .map(|(k, v)| (k.to_string(), v.to_string()))
-    .collect();
+    let mut env = sim_env(sim);
     for (k, v) in extra {
         env.insert(k.to_string(), v.to_string());
     }

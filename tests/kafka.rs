@@ -8,13 +8,12 @@
 
 mod common;
 
+use common::workload::*;
 use common::*;
 use rdkafka::ClientConfig;
 use rdkafka::admin::{AdminClient, AdminOptions, NewTopic, TopicReplication};
 use rdkafka::client::DefaultClientContext;
-use rdkafka::consumer::{BaseConsumer, Consumer};
-use rdkafka::{Message, Offset, TopicPartitionList};
-use serde_json::{Map, Value, json};
+use serde_json::Value;
 use sfmc_relay::sim::{self, SimConfig, SimHandle};
 use std::collections::{HashMap, HashSet};
 use std::path::{Path, PathBuf};
@@ -226,123 +225,15 @@ fn events_read(log: &str) -> u64 {
     line.split_whitespace().next().unwrap().parse().unwrap()
 }
 
-/// For each user: a signup (one API event), three identifies in order (the last one's
-/// `seq` must win) and two orders (rows with unique keys).
-fn workload(users: usize, tag: &str) -> Vec<Value> {
-    let mut events = Vec::new();
-    for u in 0..users {
-        let user = format!("{tag}-user-{u}");
-        events.push(signup(&user, "pro"));
-        for seq in 1..=3 {
-            events.push(
-                json!({"type": "identify", "messageId": format!("{user}-id-{seq}"),
-                "userId": user, "traits": {"email": format!("{user}@example.com"), "seq": seq}}),
-            );
-        }
-        for o in 0..2 {
-            events.push(order(&user, &format!("{user}-order-{o}"), 10.0 + o as f64));
-        }
-    }
-    // Interleave users (as live traffic would), keeping each user's own order.
-    let per_user = events.len() / users;
-    let mut mixed = Vec::with_capacity(events.len());
-    for i in 0..per_user {
-        for u in 0..users {
-            mixed.push(events[u * per_user + i].clone());
-        }
-    }
-    mixed
-}
-
-fn key(pairs: &[(&str, &str)]) -> Map<String, Value> {
-    pairs
-        .iter()
-        .map(|(k, v)| (k.to_string(), Value::String(v.to_string())))
-        .collect()
-}
-
-/// Wait until every user's orders, last identify and API event landed.
-async fn wait_landed(sim: &SimHandle, users: usize, tag: &str, within: Duration) {
-    let deadline = Instant::now() + within;
-    loop {
-        let missing = missing(sim, users, tag);
-        if missing.is_empty() {
-            return;
-        }
-        assert!(
-            Instant::now() < deadline,
-            "not everything landed in {within:?}: {} missing, e.g. {:?}",
-            missing.len(),
-            &missing[..missing.len().min(5)]
-        );
-        tokio::time::sleep(Duration::from_millis(200)).await;
-    }
-}
-
-fn missing(sim: &SimHandle, users: usize, tag: &str) -> Vec<String> {
-    let orders = sim.rows("orders");
-    let contacts = sim.rows("contacts");
-    let signed: HashSet<String> = sim
-        .api_events()
-        .iter()
-        .filter_map(|e| e["ContactKey"].as_str().map(str::to_string))
-        .collect();
-    let mut out = Vec::new();
-    for u in 0..users {
-        let user = format!("{tag}-user-{u}");
-        for o in 0..2 {
-            let id = format!("{user}-order-{o}");
-            if find_row(&orders, &key(&[("Order Id", &id), ("Contact Key", &user)])).is_none() {
-                out.push(format!("order {id}"));
-            }
-        }
-        match find_row(&contacts, &key(&[("Contact Key", &user)])) {
-            Some(row) if row["values"]["Seq"] == json!(3) || row["values"]["Seq"] == json!("3") => {
-            }
-            Some(row) => out.push(format!("contact {user} at {}", row["values"])),
-            None => out.push(format!("contact {user}")),
-        }
-        if !signed.contains(&user) {
-            out.push(format!("api event {user}"));
-        }
-    }
-    out
-}
-
-fn api_events_per_user(sim: &SimHandle) -> HashMap<String, usize> {
-    let mut n = HashMap::new();
-    for e in sim.api_events() {
-        *n.entry(e["ContactKey"].as_str().unwrap_or("").to_string())
-            .or_insert(0) += 1;
-    }
-    n
-}
-
 /// Every message in the topic: (key, partition, userId of the payload).
 fn read_topic(addr: &str, topic: &str) -> Vec<(Option<String>, i32, Value)> {
-    let consumer: BaseConsumer = ClientConfig::new()
-        .set("bootstrap.servers", addr)
-        .set("group.id", "sfmc-relay-test-reader")
-        .set("enable.auto.commit", "false")
-        .create()
-        .unwrap();
-    let mut tpl = TopicPartitionList::new();
-    for p in 0..PARTITIONS {
-        tpl.add_partition_offset(topic, p, Offset::Beginning)
-            .unwrap();
-    }
-    consumer.assign(&tpl).unwrap();
-    let mut out = Vec::new();
-    let mut idle = Instant::now();
-    while idle.elapsed() < Duration::from_secs(3) {
-        if let Some(Ok(m)) = consumer.poll(Duration::from_millis(200)) {
-            idle = Instant::now();
-            let key = m.key().map(|k| String::from_utf8_lossy(k).into_owned());
-            let payload: Value = serde_json::from_slice(m.payload().unwrap()).unwrap();
-            out.push((key, m.partition(), payload["userId"].clone()));
-        }
-    }
-    out
+    common::kafka::read_topic(addr, topic, PARTITIONS, Duration::from_secs(3))
+        .into_iter()
+        .map(|(key, partition, payload)| {
+            let payload: Value = serde_json::from_slice(&payload).unwrap();
+            (key, partition, payload["userId"].clone())
+        })
+        .collect()
 }
 
 async fn start_sim() -> SimHandle {

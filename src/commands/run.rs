@@ -71,6 +71,8 @@ pub struct RunSummary {
     pub skip_reasons: std::collections::BTreeMap<String, u64>,
     /// The simulator's "what landed" report, when the built-in simulator was used.
     pub simulator_report: Option<String>,
+    /// Source-specific summary lines (e.g. `consume`'s pauses and dropped duplicates).
+    pub notes: Vec<String>,
 }
 
 impl RunSummary {
@@ -131,6 +133,10 @@ impl RunSummary {
                     String::new()
                 }
             ));
+        }
+        for note in &self.notes {
+            s.push_str(note);
+            s.push('\n');
         }
         s.push_str(&format!("rules {}", self.rules_version));
         if self.interrupted {

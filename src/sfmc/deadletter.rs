@@ -51,11 +51,17 @@ struct Record<'a> {
     event: &'a Value,
 }
 
+/// Called with each record after it was written to the file: the event and the record's
+/// JSON (the file's line, without the newline). `consume --dead-letter-topic` produces it
+/// to a Kafka topic.
+pub type Tee = Box<dyn Fn(&Value, &[u8]) + Send + Sync>;
+
 /// Appends dead letters to a file, created on the first one.
 pub struct DeadLetters {
     path: PathBuf,
     out: Mutex<Option<BufWriter<File>>>,
     written: std::sync::atomic::AtomicU64,
+    tee: Option<Tee>,
 }
 
 impl DeadLetters {
@@ -64,7 +70,14 @@ impl DeadLetters {
             path: path.to_path_buf(),
             out: Mutex::new(None),
             written: Default::default(),
+            tee: None,
         }
+    }
+
+    /// Also hand each record to `tee` once it is in the file (in file order).
+    pub fn with_tee(mut self, tee: Tee) -> Self {
+        self.tee = Some(tee);
+        self
     }
 
     pub fn path(&self) -> &Path {
@@ -110,11 +123,15 @@ impl DeadLetters {
             *guard = Some(BufWriter::new(f));
         }
         let w = guard.as_mut().expect("opened above");
-        serde_json::to_writer(&mut *w, &rec)?;
-        w.write_all(b"\n")?;
+        let mut line = serde_json::to_vec(&rec)?;
+        line.push(b'\n');
+        w.write_all(&line)?;
         w.flush()?;
         self.written
             .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        if let Some(tee) = &self.tee {
+            tee(event, &line[..line.len() - 1]);
+        }
         Ok(())
     }
 }

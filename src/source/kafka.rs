@@ -13,13 +13,18 @@ use rdkafka::ClientConfig;
 use rdkafka::client::ClientContext;
 use rdkafka::config::RDKafkaLogLevel;
 use rdkafka::consumer::{BaseConsumer, CommitMode, Consumer, ConsumerContext, Rebalance};
-use rdkafka::error::{KafkaError, KafkaResult};
+use rdkafka::error::{KafkaError, KafkaResult, RDKafkaErrorCode};
+use rdkafka::message::DeliveryResult;
+use rdkafka::producer::{BaseRecord, Producer, ProducerContext, ThreadedProducer};
 use rdkafka::{Offset, TopicPartitionList};
 use serde_json::Value;
-use std::collections::{BTreeMap, HashMap};
+use std::collections::{BTreeMap, HashMap, HashSet, VecDeque};
+use std::hash::{Hash, Hasher};
 use std::path::Path;
+use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Condvar, Mutex, MutexGuard};
 use std::time::{Duration, Instant};
+use tokio::sync::Notify;
 
 /// Environment variables `SFMC_RELAY_KAFKA_<PROPERTY>` set librdkafka properties.
 pub const ENV_PREFIX: &str = "SFMC_RELAY_KAFKA_";
@@ -331,12 +336,170 @@ impl ClientContext for LogContext {
     }
 }
 
-/// Consumer context for `consume`: logs assignments, and on revocation waits (at most
-/// `flush_timeout`) for the revoked partitions' in-flight events, commits what they
-/// completed, and forgets them.
+/// Counters and flow-control state of one `consume`, shared by its loop, the sink's
+/// completions and the rebalance callback (tests and the benchmark read them while it
+/// runs).
+#[derive(Debug, Default)]
+pub struct ConsumeStats {
+    /// Messages read.
+    pub messages: AtomicU64,
+    /// Events handed to the sink and not yet delivered or dead-lettered.
+    pub in_flight: AtomicUsize,
+    /// The most `in_flight` reached.
+    pub peak_in_flight: AtomicUsize,
+    /// Whether the assigned partitions are paused now (back-pressure).
+    pub paused: AtomicBool,
+    /// How often the partitions were paused.
+    pub pauses: AtomicU64,
+    /// Partitions assigned while paused (and paused at once).
+    pub paused_on_assign: AtomicU64,
+    /// Partitions assigned now, and assignments so far.
+    pub assigned: AtomicUsize,
+    pub assignments: AtomicU64,
+    /// Journey Builder API events dropped as duplicates (messageId seen in the window).
+    pub duplicates_dropped: AtomicU64,
+    /// Dead-letter records acknowledged by / failed to reach `--dead-letter-topic`.
+    pub dead_letters_produced: AtomicU64,
+    pub dead_letters_failed: AtomicU64,
+    /// Woken when `in_flight` falls to the resume mark.
+    pub drained: Notify,
+}
+
+impl ConsumeStats {
+    /// An event was handed to the sink.
+    pub fn event_started(&self) {
+        let n = self.in_flight.fetch_add(1, Ordering::AcqRel) + 1;
+        self.peak_in_flight.fetch_max(n, Ordering::Relaxed);
+    }
+
+    /// An event ended; wakes the consume loop when `low` is reached.
+    pub fn event_ended(&self, low: usize) {
+        let before = self.in_flight.fetch_sub(1, Ordering::AcqRel);
+        if before == low + 1 {
+            self.drained.notify_one();
+        }
+    }
+
+    pub fn in_flight(&self) -> usize {
+        self.in_flight.load(Ordering::Acquire)
+    }
+
+    fn set_paused(&self, consumer: &impl Consumer<ConsumerCtx>, paused: bool) -> bool {
+        let tpl = match consumer.assignment() {
+            Ok(t) => t,
+            Err(e) => {
+                tracing::warn!("kafka: reading the assignment: {e}");
+                return false;
+            }
+        };
+        self.paused.store(paused, Ordering::Release);
+        let r = if paused {
+            consumer.pause(&tpl)
+        } else {
+            consumer.resume(&tpl)
+        };
+        if let Err(e) = r {
+            tracing::warn!(
+                "kafka: {} partitions: {e}",
+                if paused { "pausing" } else { "resuming" }
+            );
+        }
+        true
+    }
+}
+
+/// Back-pressure: pause every assigned partition when `high` events are in flight in the
+/// sink, resume when no more than `low` are (the rebalance callback pauses partitions
+/// assigned in between).
+pub struct Flow {
+    pub high: usize,
+    pub low: usize,
+}
+
+impl Flow {
+    /// `max` events in flight (at least 1); resume at half of it.
+    pub fn new(max: usize) -> Self {
+        let high = max.max(1);
+        Flow {
+            high,
+            low: high / 2,
+        }
+    }
+
+    /// Pause or resume as the in-flight count says. Called by the consume loop.
+    pub fn update(&self, consumer: &impl Consumer<ConsumerCtx>, stats: &ConsumeStats) {
+        let n = stats.in_flight();
+        let paused = stats.paused.load(Ordering::Acquire);
+        if !paused && n >= self.high {
+            if stats.set_paused(consumer, true) {
+                let times = stats.pauses.fetch_add(1, Ordering::Relaxed) + 1;
+                let msg = format!(
+                    "kafka: partitions paused: {n} events in flight (--max-in-flight {}); resuming at {}",
+                    self.high, self.low
+                );
+                // The first pause says so; later ones (SFMC slow for a while) only in debug.
+                if times == 1 {
+                    tracing::info!("{msg}");
+                } else {
+                    tracing::debug!("{msg}");
+                }
+            }
+        } else if paused && n <= self.low && stats.set_paused(consumer, false) {
+            tracing::debug!("kafka: partitions resumed: {n} events in flight");
+        }
+    }
+}
+
+/// A bounded window of recently seen message ids (dropping duplicate Journey Builder API
+/// events on redelivery). Keeps 64-bit hashes, not the ids: 16 bytes per id; two ids
+/// collide with a probability of about n²/2⁶⁵ (3·10⁻¹⁰ for 100,000).
+#[derive(Debug)]
+pub struct SeenIds {
+    cap: usize,
+    set: HashSet<u64>,
+    order: VecDeque<u64>,
+}
+
+impl SeenIds {
+    /// Remember at most `cap` ids (0: remember none, every id is new).
+    pub fn new(cap: usize) -> Self {
+        SeenIds {
+            cap,
+            set: HashSet::with_capacity(cap.min(1 << 20)),
+            order: VecDeque::with_capacity(cap.min(1 << 20)),
+        }
+    }
+
+    /// True when `id` was not among the last `cap` ids (it is remembered now).
+    pub fn first_time(&mut self, id: &str) -> bool {
+        if self.cap == 0 {
+            return true;
+        }
+        let mut h = std::hash::DefaultHasher::new();
+        id.hash(&mut h);
+        let h = h.finish();
+        if !self.set.insert(h) {
+            return false;
+        }
+        self.order.push_back(h);
+        if self.order.len() > self.cap
+            && let Some(old) = self.order.pop_front()
+        {
+            self.set.remove(&old);
+        }
+        true
+    }
+}
+
+/// Consumer context for `consume`: logs assignments (pausing new partitions while the
+/// relay is paused), and on revocation waits (at most `flush_timeout`) for the revoked
+/// partitions' in-flight events, commits what they completed, and forgets them.
 pub struct ConsumerCtx {
     pub tracker: Arc<Tracker>,
     pub flush_timeout: Duration,
+    pub stats: Arc<ConsumeStats>,
+    /// `--dead-letter-topic`: flushed before the revoked partitions' offsets are committed.
+    pub dead_topic: Option<Arc<DeadLetterTopic>>,
 }
 
 impl ClientContext for ConsumerCtx {
@@ -348,19 +511,45 @@ impl ClientContext for ConsumerCtx {
     }
 }
 
+/// Run blocking `f` on a runtime worker (the rebalance callback inside `recv`, a commit):
+/// lets the runtime move its other tasks (the sink's lanes, which complete events) to
+/// another thread meanwhile.
+pub fn blocking<T>(f: impl FnOnce() -> T) -> T {
+    match tokio::runtime::Handle::try_current() {
+        Ok(h) if h.runtime_flavor() == tokio::runtime::RuntimeFlavor::MultiThread => {
+            tokio::task::block_in_place(f)
+        }
+        _ => f(),
+    }
+}
+
+/// How long a commit waits for the dead-letter topic's acknowledgements.
+pub const DEAD_LETTER_FLUSH: Duration = Duration::from_secs(10);
+
+/// Wait for the dead-letter topic (if any) to acknowledge every record produced so far;
+/// false when some are still pending after [`DEAD_LETTER_FLUSH`] (do not commit).
+pub fn dead_letters_flushed(topic: Option<&DeadLetterTopic>) -> bool {
+    match topic {
+        Some(t) if t.pending() > 0 => {
+            let ok = blocking(|| t.flush(DEAD_LETTER_FLUSH));
+            if !ok {
+                tracing::warn!(
+                    "kafka: the dead-letter topic did not acknowledge its records within \
+{DEAD_LETTER_FLUSH:?}: offsets not committed yet"
+                );
+            }
+            ok
+        }
+        _ => true,
+    }
+}
+
 impl ConsumerCtx {
     fn revoke(&self, consumer: &BaseConsumer<Self>, ids: &[PartitionId]) {
-        let wait = || self.tracker.wait_idle(ids, self.flush_timeout);
-        // Called on a runtime worker (inside `recv`): let the runtime move its other
-        // tasks (the sink's lanes, which complete these events) to another thread.
-        let left = match tokio::runtime::Handle::try_current() {
-            Ok(h) if h.runtime_flavor() == tokio::runtime::RuntimeFlavor::MultiThread => {
-                tokio::task::block_in_place(wait)
-            }
-            _ => wait(),
-        };
+        let left = blocking(|| self.tracker.wait_idle(ids, self.flush_timeout));
         let commits = self.tracker.lock().take_commits(Some(ids));
         if !commits.is_empty()
+            && dead_letters_flushed(self.dead_topic.as_deref())
             && let Err(e) = consumer.commit(&offsets_list(&commits), CommitMode::Sync)
         {
             tracing::warn!(
@@ -372,6 +561,13 @@ impl ConsumerCtx {
         for id in ids {
             g.forget(id);
         }
+        drop(g);
+        let _ = self
+            .stats
+            .assigned
+            .fetch_update(Ordering::AcqRel, Ordering::Acquire, |n| {
+                Some(n.saturating_sub(ids.len()))
+            });
         if left > 0 {
             tracing::warn!(
                 "kafka: partitions {} revoked with {left} message(s) still in flight after {:?}: \
@@ -382,6 +578,38 @@ their offsets are not committed, so the new owner delivers them again",
         } else {
             tracing::info!("kafka: partitions revoked: {}", describe(ids));
         }
+    }
+
+    fn assign(&self, consumer: &BaseConsumer<Self>, tpl: &TopicPartitionList) {
+        let ids = partitions(tpl);
+        self.stats.assigned.fetch_add(ids.len(), Ordering::AcqRel);
+        self.stats.assignments.fetch_add(1, Ordering::Relaxed);
+        // librdkafka keeps a partition's pause across revoke and re-assignment, and new
+        // partitions start unpaused: set each assigned partition to the relay's state
+        // (a partition paused before a rebalance and assigned again after the relay
+        // resumed would otherwise never be read again).
+        let paused = self.stats.paused.load(Ordering::Acquire) && !ids.is_empty();
+        if paused {
+            match consumer.pause(tpl) {
+                Ok(()) => {
+                    self.stats
+                        .paused_on_assign
+                        .fetch_add(ids.len() as u64, Ordering::Relaxed);
+                }
+                Err(e) => tracing::warn!("kafka: pausing newly assigned partitions: {e}"),
+            }
+        } else if let Err(e) = consumer.resume(tpl) {
+            tracing::warn!("kafka: resuming newly assigned partitions: {e}");
+        }
+        tracing::info!(
+            "kafka: partitions assigned: {}{}",
+            describe(&ids),
+            if paused {
+                " (paused: back-pressure)"
+            } else {
+                ""
+            }
+        );
     }
 }
 
@@ -394,9 +622,9 @@ impl ConsumerContext for ConsumerCtx {
         }
     }
 
-    fn post_rebalance(&self, _consumer: &BaseConsumer<Self>, rebalance: &Rebalance<'_>) {
+    fn post_rebalance(&self, consumer: &BaseConsumer<Self>, rebalance: &Rebalance<'_>) {
         if let Rebalance::Assign(tpl) = rebalance {
-            tracing::info!("kafka: partitions assigned: {}", describe(&partitions(tpl)));
+            self.assign(consumer, tpl);
         }
     }
 
@@ -408,6 +636,149 @@ impl ConsumerContext for ConsumerCtx {
                 g.commit_failed(&id);
             }
         }
+    }
+}
+
+/// Settings of a consumer that a producer made from the same settings must not get
+/// (librdkafka warns about each).
+const CONSUMER_ONLY: &[&str] = &[
+    "group.id",
+    "group.instance.id",
+    "group.protocol",
+    "auto.offset.reset",
+    "enable.auto.commit",
+    "enable.auto.offset.store",
+    "auto.commit.interval.ms",
+    "session.timeout.ms",
+    "heartbeat.interval.ms",
+    "max.poll.interval.ms",
+    "partition.assignment.strategy",
+    "isolation.level",
+    "queued.min.messages",
+    "queued.max.messages.kbytes",
+    "fetch.max.bytes",
+    "fetch.min.bytes",
+    "fetch.wait.max.ms",
+    "fetch.message.max.bytes",
+    "max.partition.fetch.bytes",
+    "check.crcs",
+    "enable.partition.eof",
+];
+
+/// Producer settings from a consumer's (brokers, security, client id), for the
+/// dead-letter topic: consumer-only properties dropped, idempotence on.
+pub fn producer_config(consumer: &ClientConfig) -> ClientConfig {
+    let mut config = ClientConfig::new();
+    for (k, v) in consumer.config_map() {
+        if !CONSUMER_ONLY.contains(&k) {
+            config.set(k, v);
+        }
+    }
+    config.set("enable.idempotence", "true");
+    config.set_log_level(consumer.log_level);
+    config
+}
+
+/// Producer context of the dead-letter topic: counts acknowledged and failed records.
+pub struct DeadLetterCtx {
+    stats: Arc<ConsumeStats>,
+}
+
+impl ClientContext for DeadLetterCtx {
+    fn log(&self, level: RDKafkaLogLevel, fac: &str, message: &str) {
+        forward_log(level, fac, message);
+    }
+    fn error(&self, error: KafkaError, reason: &str) {
+        tracing::warn!(target: "librdkafka", "{error}: {reason}");
+    }
+}
+
+impl ProducerContext for DeadLetterCtx {
+    type DeliveryOpaque = ();
+    fn delivery(&self, result: &DeliveryResult<'_>, _: ()) {
+        match result {
+            Ok(_) => {
+                self.stats
+                    .dead_letters_produced
+                    .fetch_add(1, Ordering::Relaxed);
+            }
+            Err((e, _)) => {
+                self.stats
+                    .dead_letters_failed
+                    .fetch_add(1, Ordering::Relaxed);
+                tracing::error!(
+                    "kafka: a dead-letter record did not reach the dead-letter topic: {e} \
+(it is in the dead-letter file)"
+                );
+            }
+        }
+    }
+}
+
+/// `--dead-letter-topic`: each dead-letter record (the file's JSON line) is also produced
+/// to a topic, keyed like the event. Produced asynchronously; [`DeadLetterTopic::flush`]
+/// waits for the acknowledgements (the consume loop calls it before committing offsets).
+pub struct DeadLetterTopic {
+    topic: String,
+    producer: ThreadedProducer<DeadLetterCtx>,
+}
+
+impl DeadLetterTopic {
+    pub fn new(
+        consumer: &ClientConfig,
+        topic: &str,
+        stats: Arc<ConsumeStats>,
+    ) -> Result<Self, String> {
+        let producer = producer_config(consumer)
+            .create_with_context(DeadLetterCtx { stats })
+            .map_err(|e| format!("Kafka producer for the dead-letter topic: {e}"))?;
+        Ok(DeadLetterTopic {
+            topic: topic.to_string(),
+            producer,
+        })
+    }
+
+    /// Queue one record (waits while librdkafka's queue is full, at most ~10 s; then the
+    /// record is counted failed: it is in the file).
+    pub fn send(&self, event: &Value, record: &[u8]) {
+        let key = message_key(event);
+        let deadline = Instant::now() + Duration::from_secs(10);
+        loop {
+            let mut rec = BaseRecord::<str, [u8]>::to(&self.topic).payload(record);
+            if let Some(k) = &key {
+                rec = rec.key(k.as_str());
+            }
+            match self.producer.send(rec) {
+                Ok(()) => return,
+                Err((KafkaError::MessageProduction(RDKafkaErrorCode::QueueFull), _))
+                    if Instant::now() < deadline =>
+                {
+                    self.producer.poll(Duration::from_millis(50));
+                }
+                Err((e, _)) => {
+                    self.producer
+                        .context()
+                        .stats
+                        .dead_letters_failed
+                        .fetch_add(1, Ordering::Relaxed);
+                    tracing::error!(
+                        "kafka: cannot produce a dead-letter record to {}: {e} (it is in the dead-letter file)",
+                        self.topic
+                    );
+                    return;
+                }
+            }
+        }
+    }
+
+    /// Records not yet acknowledged (or failed).
+    pub fn pending(&self) -> i32 {
+        self.producer.in_flight_count()
+    }
+
+    /// Wait until every queued record was acknowledged or failed, at most `timeout`.
+    pub fn flush(&self, timeout: Duration) -> bool {
+        self.pending() == 0 || self.producer.flush(timeout).is_ok()
     }
 }
 
@@ -503,6 +874,46 @@ mod tests {
         assert_eq!(pr.take_commits(Some(&[p(1)])), vec![(p(1), 1)]);
         pr.commit_failed(&p(1));
         assert_eq!(pr.take_commits(None), vec![(p(1), 1)]);
+    }
+
+    #[test]
+    fn seen_ids_forget_the_oldest_beyond_the_window() {
+        let mut seen = SeenIds::new(2);
+        assert!(seen.first_time("a"));
+        assert!(!seen.first_time("a"));
+        assert!(seen.first_time("b"));
+        assert!(seen.first_time("c")); // "a" leaves the window
+        assert!(seen.first_time("a"));
+        assert!(!seen.first_time("c"));
+        let mut off = SeenIds::new(0);
+        assert!(off.first_time("a") && off.first_time("a"));
+    }
+
+    #[test]
+    fn flow_resumes_at_half() {
+        assert_eq!((Flow::new(10).high, Flow::new(10).low), (10, 5));
+        assert_eq!((Flow::new(0).high, Flow::new(0).low), (1, 0));
+        let stats = ConsumeStats::default();
+        stats.event_started();
+        stats.event_started();
+        stats.event_ended(1);
+        assert_eq!(stats.in_flight(), 1);
+        assert_eq!(stats.peak_in_flight.load(Ordering::Relaxed), 2);
+    }
+
+    #[test]
+    fn dead_letter_producer_drops_consumer_settings() {
+        let mut c = ClientConfig::new();
+        c.set("bootstrap.servers", "k:9092")
+            .set("group.id", "g")
+            .set("sasl.username", "u")
+            .set("queued.max.messages.kbytes", "1");
+        let p = producer_config(&c);
+        assert_eq!(p.get("bootstrap.servers"), Some("k:9092"));
+        assert_eq!(p.get("sasl.username"), Some("u"));
+        assert_eq!(p.get("group.id"), None);
+        assert_eq!(p.get("queued.max.messages.kbytes"), None);
+        assert_eq!(p.get("enable.idempotence"), Some("true"));
     }
 
     #[test]

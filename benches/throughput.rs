@@ -108,6 +108,13 @@ fn main() {
         }));
         all.push(rate(lines.len(), || on_threads(transform_lines)));
     }
+    // Paired: each run's ratios use figures measured back to back, so drift in the
+    // machine's speed between runs (this VM's neighbours) cancels out.
+    let paired =
+        |num: &[f64], den: &[f64]| median_spread(num.iter().zip(den).map(|(n, d)| n / d).collect());
+    let (pr, prmin, prmax) = paired(&one, &base);
+    let (ps, psmin, psmax) = paired(&all, &one);
+    let (pm, pmmin, pmmax) = paired(&base_all, &base);
     let (b, bmin, bmax) = median_spread(base);
     let (ba, bamin, bamax) = median_spread(base_all);
     let (o, omin, omax) = median_spread(one);
@@ -133,5 +140,8 @@ fn main() {
         "scaling {threads} threads / 1 thread:      {:.2} (target >= 1.7 on 2 cores; the baseline itself scales {:.2})",
         a / o,
         ba / b
+    );
+    println!(
+        "paired per run (median, min-max): ratio {pr:.2} ({prmin:.2}-{prmax:.2}), scaling {ps:.2} ({psmin:.2}-{psmax:.2}), baseline scaling {pm:.2} ({pmmin:.2}-{pmmax:.2})"
     );
 }

@@ -112,7 +112,7 @@ enum Command {
         #[arg(long, value_name = "FILE")]
         input: Option<PathBuf>,
     },
-    /// Write a seeded benchmark corpus of Segment events (NDJSON) to stdout
+    /// Write a seeded benchmark corpus of Segment events (NDJSON) to stdout or --output
     Corpus {
         /// Number of events, default 100000 (also accepted as a plain argument: `corpus 1000000`)
         #[arg(long, short = 'n', value_name = "N")]

@@ -8,6 +8,10 @@
 //! batches while different lanes and data extensions send in parallel. The client below
 //! (`client.rs`) does rate limiting, the in-flight bound, auth and retries.
 //!
+//! The CPU work is done before the sink: [`prepare`] turns an event's actions into bytes
+//! (each row's JSON, its primary-key identity and lane hash; API-event bodies), so `run`
+//! and `serve` call it on their worker threads and the lanes only batch bytes.
+//!
 //! Every event carries a [`Ticket`] counting its outstanding actions; when the last one
 //! finishes the event is counted delivered, or written once to the dead-letter file with
 //! the first failure. Nothing is dropped silently.

@@ -176,6 +176,36 @@ async fn wait_for_log(dir: &Path, name: &str, needle: &str, within: Duration) {
     }
 }
 
+/// A `consume` process in the tests' group "relays", once it has been assigned partitions.
+async fn member(
+    broker: &Broker,
+    topic: &str,
+    rules: &Path,
+    sim: &SimHandle,
+    dir: &Path,
+    name: &str,
+    extra: &[&str],
+) -> Child {
+    let child = consumer(broker, topic, "relays", rules, sim, dir, name, extra);
+    wait_for_log(dir, name, "partitions assigned", Duration::from_secs(60)).await;
+    child
+}
+
+/// `users` users' workload written to an NDJSON file and produced to `topic`.
+async fn produce_workload(
+    broker: &Broker,
+    topic: &str,
+    dir: &Path,
+    users: usize,
+    tag: &str,
+) -> Vec<Value> {
+    let events = workload(users, tag);
+    let input = dir.join("events.ndjson");
+    write_ndjson(&input, &events);
+    produce(broker, topic, &input).await;
+    events
+}
+
 async fn produce(broker: &Broker, topic: &str, input: &Path) {
     let out = Command::new(BIN)
         .args([
@@ -255,46 +285,11 @@ async fn two_consumers_in_one_group_deliver_every_event_once() {
     let sim = start_sim().await;
     let rules = rules_dir(&Settings::default());
 
-    let a = consumer(
-        &broker,
-        topic,
-        "relays",
-        rules.path(),
-        &sim,
-        dir.path(),
-        "a",
-        &[],
-    );
-    wait_for_log(
-        dir.path(),
-        "a",
-        "partitions assigned",
-        Duration::from_secs(60),
-    )
-    .await;
-    let b = consumer(
-        &broker,
-        topic,
-        "relays",
-        rules.path(),
-        &sim,
-        dir.path(),
-        "b",
-        &[],
-    );
-    wait_for_log(
-        dir.path(),
-        "b",
-        "partitions assigned",
-        Duration::from_secs(60),
-    )
-    .await;
+    let a = member(&broker, topic, rules.path(), &sim, dir.path(), "a", &[]).await;
+    let b = member(&broker, topic, rules.path(), &sim, dir.path(), "b", &[]).await;
 
     let users = 60;
-    let events = workload(users, "t1");
-    let input = dir.path().join("events.ndjson");
-    write_ndjson(&input, &events);
-    produce(&broker, topic, &input).await;
+    let events = produce_workload(&broker, topic, dir.path(), users, "t1").await;
 
     // Keyed by userId: each user's messages in exactly one partition.
     let messages = read_topic(&broker.addr, topic);
@@ -335,23 +330,7 @@ async fn two_consumers_in_one_group_deliver_every_event_once() {
     assert!(dead_letters(&dir.path().join("b.deadletter.ndjson")).is_empty());
 
     // A restarted consumer of the same group starts from the committed offsets: nothing new.
-    let c = consumer(
-        &broker,
-        topic,
-        "relays",
-        rules.path(),
-        &sim,
-        dir.path(),
-        "c",
-        &[],
-    );
-    wait_for_log(
-        dir.path(),
-        "c",
-        "partitions assigned",
-        Duration::from_secs(60),
-    )
-    .await;
+    let c = member(&broker, topic, rules.path(), &sim, dir.path(), "c", &[]).await;
     tokio::time::sleep(Duration::from_secs(2)).await;
     let log_c = stop(c, dir.path(), "c").await;
     assert_eq!(events_read(&log_c), 0, "{log_c}");
@@ -376,46 +355,11 @@ async fn a_killed_consumer_s_partitions_are_taken_over_without_loss() {
     // Slow delivery, so the kill lands mid-stream.
     let slow = ["--requests-per-second", "40"];
 
-    let a = consumer(
-        &broker,
-        topic,
-        "relays",
-        rules.path(),
-        &sim,
-        dir.path(),
-        "a",
-        &slow,
-    );
-    wait_for_log(
-        dir.path(),
-        "a",
-        "partitions assigned",
-        Duration::from_secs(60),
-    )
-    .await;
-    let mut b = consumer(
-        &broker,
-        topic,
-        "relays",
-        rules.path(),
-        &sim,
-        dir.path(),
-        "b",
-        &slow,
-    );
-    wait_for_log(
-        dir.path(),
-        "b",
-        "partitions assigned",
-        Duration::from_secs(60),
-    )
-    .await;
+    let a = member(&broker, topic, rules.path(), &sim, dir.path(), "a", &slow).await;
+    let mut b = member(&broker, topic, rules.path(), &sim, dir.path(), "b", &slow).await;
 
     let users = 60;
-    let events = workload(users, "t2");
-    let input = dir.path().join("events.ndjson");
-    write_ndjson(&input, &events);
-    produce(&broker, topic, &input).await;
+    produce_workload(&broker, topic, dir.path(), users, "t2").await;
 
     // Kill b (no goodbye, no final commit) once delivery is under way.
     let deadline = Instant::now() + Duration::from_secs(60);

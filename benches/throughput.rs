@@ -15,7 +15,8 @@ use sfmc_relay::corpus::{self, CorpusConfig};
 #[global_allocator]
 static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
 use sfmc_relay::rules;
-use sfmc_relay::transform::{Outcome, Trace, transform_owned};
+use sfmc_relay::transform::{Outcome, Trace, transform_view};
+use sfmc_relay::view::Val;
 use std::hint::black_box;
 use std::path::Path;
 use std::time::Instant;
@@ -37,8 +38,8 @@ fn baseline(lines: &[String]) -> usize {
 fn transform_lines(program: &rules::Program, lines: &[String]) -> usize {
     let mut bytes = 0;
     for l in lines {
-        let v: serde_json::Value = serde_json::from_str(l).unwrap();
-        if let Outcome::Actions(actions) = transform_owned(program, v, &mut Trace::off()) {
+        let v: Val = serde_json::from_str(l).unwrap();
+        if let Outcome::Actions(actions) = transform_view(program, &v, &mut Trace::off()) {
             for a in &actions {
                 bytes += serde_json::to_vec(&a.body()).unwrap().len();
             }

@@ -1,5 +1,6 @@
 //! Segment events: reading NDJSON lines into events.
 
+use crate::view::Val;
 use serde_json::Value;
 
 /// One input line, parsed: one event, a batch envelope's events, or an error.
@@ -28,30 +29,65 @@ pub fn parse_line_envelope(text: &str, line_no: u64) -> (Line, bool) {
                 return (
                     match obj.remove("batch") {
                         Some(Value::Array(batch)) => Line::Events(batch),
-                        _ => Line::Invalid(format!(
-                            "line {}: \"batch\" must be an array of events",
-                            line_no + 1
-                        )),
+                        _ => Line::Invalid(bad_batch(line_no)),
                     },
                     true,
                 );
             }
             Line::Events(vec![Value::Object(obj)])
         }
-        Ok(other) => Line::Invalid(format!(
-            "line {}: expected a JSON object (an event or {{\"batch\":[...]}}), found {}",
-            line_no + 1,
-            match other {
-                Value::Array(_) => "an array",
-                Value::String(_) => "a string",
-                Value::Number(_) => "a number",
-                Value::Bool(_) => "a boolean",
-                _ => "null",
-            }
-        )),
-        Err(e) => Line::Invalid(format!("line {}: invalid JSON: {e}", line_no + 1)),
+        Ok(other) => Line::Invalid(not_an_object(line_no, Val::from_value(&other).type_name())),
+        Err(e) => Line::Invalid(invalid_json(line_no, &e)),
     };
     (line, false)
+}
+
+/// One input line read into borrowed views (see [`crate::view`]): the interpreter's fast
+/// path. Same outcomes and messages as [`parse_line`].
+pub enum LineView<'a> {
+    Blank,
+    Events(Vec<Val<'a>>),
+    Invalid(String),
+}
+
+/// [`parse_line_envelope`] into views borrowing from `text`.
+pub fn parse_line_view(text: &str, line_no: u64) -> (LineView<'_>, bool) {
+    let t = text.trim();
+    if t.is_empty() {
+        return (LineView::Blank, false);
+    }
+    let line = match serde_json::from_str::<Val>(t) {
+        Ok(Val::Obj(mut obj)) => {
+            if !obj.contains_key("type") && obj.contains_key("batch") {
+                return (
+                    match obj.remove("batch") {
+                        Some(Val::Arr(batch)) => LineView::Events(batch),
+                        _ => LineView::Invalid(bad_batch(line_no)),
+                    },
+                    true,
+                );
+            }
+            LineView::Events(vec![Val::Obj(obj)])
+        }
+        Ok(other) => LineView::Invalid(not_an_object(line_no, other.type_name())),
+        Err(e) => LineView::Invalid(invalid_json(line_no, &e)),
+    };
+    (line, false)
+}
+
+fn bad_batch(line_no: u64) -> String {
+    format!("line {}: \"batch\" must be an array of events", line_no + 1)
+}
+
+fn not_an_object(line_no: u64, found: &str) -> String {
+    format!(
+        "line {}: expected a JSON object (an event or {{\"batch\":[...]}}), found {found}",
+        line_no + 1,
+    )
+}
+
+fn invalid_json(line_no: u64, e: &serde_json::Error) -> String {
+    format!("line {}: invalid JSON: {e}", line_no + 1)
 }
 
 /// A string field of an event, if present and a string.

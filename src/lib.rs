@@ -13,3 +13,4 @@ pub mod sim;
 pub mod source;
 pub mod spool;
 pub mod transform;
+pub mod view;

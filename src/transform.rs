@@ -5,7 +5,9 @@
 use crate::action::Action;
 use crate::rules::dates;
 use crate::rules::program::{EventKind, Mapping, Nested, Nulls, PrimaryKey, Program};
+use crate::view::{Doc, Obj, Val};
 use serde_json::{Map, Value};
+use std::borrow::Cow;
 use std::fmt::Write as _;
 
 /// What happened to one event.
@@ -184,31 +186,21 @@ impl<'a> Trace<'a> {
 
 /// Run the program on one event.
 pub fn transform(program: &Program, event: &Value, trace: &mut Trace) -> Outcome {
-    if let Some(n) = trace.notes.as_deref() {
-        trace.start = n.len();
-    }
-    let result = plan(program, event, trace).and_then(|pl| {
-        let data = event.get(pl.kind.data_field()).cloned();
-        build(program, pl, data, event, trace)
-    });
-    match result {
-        Ok(actions) => Outcome::Actions(actions),
-        Err(o) => o,
-    }
+    let view = Val::from_value(event);
+    run(program, &Doc::with_value(&view, event), trace)
 }
 
-/// [`transform`] for an event the caller no longer needs: the traits or properties are
-/// moved into the output instead of copied (the fast path of `transform` and the benches).
-pub fn transform_owned(program: &Program, mut event: Value, trace: &mut Trace) -> Outcome {
+/// Run the program on one event read into a borrowed view (the fast path: see
+/// [`crate::view`]).
+pub fn transform_view(program: &Program, event: &Val, trace: &mut Trace) -> Outcome {
+    run(program, &Doc::new(event), trace)
+}
+
+fn run(program: &Program, doc: &Doc, trace: &mut Trace) -> Outcome {
     if let Some(n) = trace.notes.as_deref() {
         trace.start = n.len();
     }
-    let result = plan(program, &event, trace).and_then(|pl| {
-        let data = event
-            .as_object_mut()
-            .and_then(|o| o.remove(pl.kind.data_field()));
-        build(program, pl, data, &event, trace)
-    });
+    let result = plan(program, doc, trace).and_then(|pl| build(program, pl, doc, trace));
     match result {
         Ok(actions) => Outcome::Actions(actions),
         Err(o) => o,
@@ -228,12 +220,12 @@ fn rejected(msg: impl Into<String>) -> Outcome {
 }
 
 /// Phase one: type, filters, mappings and the Contact Key (reads the event only).
-fn plan<'p>(p: &'p Program, event: &Value, tr: &mut Trace) -> Result<Plan<'p>, Outcome> {
-    let Some(obj) = event.as_object() else {
+fn plan<'p>(p: &'p Program, event: &Doc, tr: &mut Trace) -> Result<Plan<'p>, Outcome> {
+    let Some(obj) = event.root().as_obj() else {
         return Err(rejected("event is not a JSON object"));
     };
     let kind = match obj.get("type") {
-        Some(Value::String(t)) => EventKind::parse(t).ok_or_else(|| {
+        Some(Val::Str(t)) => EventKind::parse(t).ok_or_else(|| {
             rejected(format!(
                 "unknown event type {t:?} (expected one of {})",
                 EventKind::NAMES
@@ -268,11 +260,11 @@ fn plan<'p>(p: &'p Program, event: &Value, tr: &mut Trace) -> Result<Plan<'p>, O
 
     let name = match kind.name_field() {
         Some(field) => match obj.get(field) {
-            Some(Value::String(s)) => Some(s.as_str()),
-            None | Some(Value::Null) if kind == EventKind::Track => {
+            Some(Val::Str(s)) => Some(s.as_ref()),
+            None | Some(Val::Null) if kind == EventKind::Track => {
                 return Err(rejected("track event has no \"event\" name"));
             }
-            None | Some(Value::Null) => None,
+            None | Some(Val::Null) => None,
             Some(other) => {
                 return Err(rejected(format!(
                     "\"{field}\" must be a string, found {other}"
@@ -304,7 +296,7 @@ fn plan<'p>(p: &'p Program, event: &Value, tr: &mut Trace) -> Result<Plan<'p>, O
 
     let contact_key = contact_key(p, event, tr)?;
     let message_id = match obj.get("messageId") {
-        Some(Value::String(id)) if !id.trim().is_empty() => Some(id.clone()),
+        Some(Val::Str(id)) if !id.trim().is_empty() => Some(id.to_string()),
         _ => None,
     };
     Ok(Plan {
@@ -316,13 +308,7 @@ fn plan<'p>(p: &'p Program, event: &Value, tr: &mut Trace) -> Result<Plan<'p>, O
 }
 
 /// Phase two: convert the data (traits or properties) and build the actions.
-fn build(
-    p: &Program,
-    plan: Plan,
-    data: Option<Value>,
-    event: &Value,
-    tr: &mut Trace,
-) -> Result<Vec<Action>, Outcome> {
+fn build(p: &Program, plan: Plan, event: &Doc, tr: &mut Trace) -> Result<Vec<Action>, Outcome> {
     let Plan {
         kind,
         mappings,
@@ -348,14 +334,14 @@ fn build(
         })
     };
 
-    let data = match data {
-        None | Some(Value::Null) => None,
-        Some(Value::Object(m)) => Some(m),
+    let data = match event.root().get(kind.data_field()) {
+        None | Some(Val::Null) => None,
+        Some(Val::Obj(m)) => Some(m),
         Some(other) => {
             return Err(rejected(format!(
                 "\"{}\" must be an object, found {}",
                 kind.data_field(),
-                type_name(&other)
+                other.type_name()
             )));
         }
     };
@@ -499,7 +485,7 @@ fn mapping_matches(
     m: &Mapping,
     kind: EventKind,
     name: Option<&str>,
-    event: &Value,
+    event: &Doc,
     tr: &mut Trace,
 ) -> bool {
     if m.kind != kind {
@@ -549,11 +535,12 @@ fn sources(p: &Program) -> String {
 }
 
 /// The Contact Key: the first source with a non-empty value, scrubbed.
-fn contact_key(p: &Program, event: &Value, tr: &mut Trace) -> Result<Option<String>, Outcome> {
+fn contact_key(p: &Program, event: &Doc, tr: &mut Trace) -> Result<Option<String>, Outcome> {
     for src in &p.identify.contact_key {
-        let raw = match src.get(event) {
-            Some(Value::String(s)) => s.clone(),
-            Some(Value::Number(n)) => n.to_string(),
+        let found = src.get(event);
+        let raw: Cow<str> = match found.as_deref() {
+            Some(Val::Str(s)) => Cow::Borrowed(s),
+            Some(Val::Num(n)) => Cow::Owned(n.to_string()),
             _ => continue,
         };
         let before = raw.chars().count();
@@ -585,65 +572,61 @@ fn contact_key(p: &Program, event: &Value, tr: &mut Trace) -> Result<Option<Stri
     Ok(None)
 }
 
-fn type_name(v: &Value) -> &'static str {
-    match v {
-        Value::Null => "null",
-        Value::Bool(_) => "a boolean",
-        Value::Number(_) => "a number",
-        Value::String(_) => "a string",
-        Value::Array(_) => "an array",
-        Value::Object(_) => "an object",
-    }
-}
-
 /// Convert one object (traits or properties) into columns.
 fn convert(
     p: &Program,
-    data: Map<String, Value>,
+    data: &Obj,
     prefix: &str,
     out: &mut Map<String, Value>,
     tr: &mut Trace,
 ) -> Result<(), Outcome> {
-    for (k, v) in data {
-        let key: std::borrow::Cow<str> = if prefix.is_empty() {
-            k.into()
-        } else {
-            format!("{prefix}.{k}").into()
-        };
-        match v {
-            Value::Null => match p.nulls {
-                Nulls::Drop => {
-                    tr.note(|| Note::Dropped {
-                        key: key.to_string(),
-                        why: "null value".into(),
-                    });
-                    continue;
+    for (k, v) in data.iter() {
+        convert_member(p, k, v, prefix, out, tr)?;
+    }
+    Ok(())
+}
+
+/// One member of an object (or element of an array, `k` being its index).
+fn convert_member(
+    p: &Program,
+    k: &str,
+    v: &Val,
+    prefix: &str,
+    out: &mut Map<String, Value>,
+    tr: &mut Trace,
+) -> Result<(), Outcome> {
+    let key: Cow<str> = if prefix.is_empty() {
+        k.into()
+    } else {
+        format!("{prefix}.{k}").into()
+    };
+    match v {
+        Val::Null => match p.nulls {
+            Nulls::Drop => tr.note(|| Note::Dropped {
+                key: key.to_string(),
+                why: "null value".into(),
+            }),
+            Nulls::Empty => put(p, &key, Value::String(String::new()), out, tr)?,
+        },
+        Val::Obj(m) => match p.nested {
+            Nested::Drop => tr.note(|| Note::Dropped {
+                key: key.to_string(),
+                why: "nested object (nested: drop)".into(),
+            }),
+            Nested::Flatten => convert(p, m, &key, out, tr)?,
+        },
+        Val::Arr(a) => match p.nested {
+            Nested::Drop => tr.note(|| Note::Dropped {
+                key: key.to_string(),
+                why: "array (nested: drop)".into(),
+            }),
+            Nested::Flatten => {
+                for (i, v) in a.iter().enumerate() {
+                    convert_member(p, &i.to_string(), v, &key, out, tr)?;
                 }
-                Nulls::Empty => put(p, &key, Value::String(String::new()), out, tr)?,
-            },
-            Value::Object(m) => match p.nested {
-                Nested::Drop => tr.note(|| Note::Dropped {
-                    key: key.to_string(),
-                    why: "nested object (nested: drop)".into(),
-                }),
-                Nested::Flatten => convert(p, m, &key, out, tr)?,
-            },
-            Value::Array(a) => match p.nested {
-                Nested::Drop => tr.note(|| Note::Dropped {
-                    key: key.to_string(),
-                    why: "array (nested: drop)".into(),
-                }),
-                Nested::Flatten => {
-                    let m: Map<String, Value> = a
-                        .into_iter()
-                        .enumerate()
-                        .map(|(i, v)| (i.to_string(), v))
-                        .collect();
-                    convert(p, m, &key, out, tr)?
-                }
-            },
-            scalar => put(p, &key, scalar, out, tr)?,
-        }
+            }
+        },
+        scalar => put(p, &key, scalar.to_value(), out, tr)?,
     }
     Ok(())
 }
@@ -702,7 +685,7 @@ fn put(
 /// column twice was a tenth of the interpreter's cost.
 fn context_values(
     p: &Program,
-    event: &Value,
+    event: &Doc,
     data: &Map<String, Value>,
     tr: &mut Trace,
 ) -> Result<Vec<(String, Value)>, Outcome> {
@@ -713,9 +696,9 @@ fn context_values(
         let Some(v) = v else {
             continue;
         };
-        let outcome = match v {
-            Value::Null => Some("dropped: null value"),
-            Value::Object(_) | Value::Array(_) => Some("dropped: not a single value"),
+        let outcome = match &*v {
+            Val::Null => Some("dropped: null value"),
+            Val::Obj(_) | Val::Arr(_) => Some("dropped: not a single value"),
             _ if data.keys().any(|k| k.eq_ignore_ascii_case(&cc.column)) => {
                 Some("not used: a trait or property sets this column")
             }
@@ -729,7 +712,7 @@ fn context_values(
             });
             continue;
         }
-        let v = date_value(p, &cc.column, v.clone(), tr)?;
+        let v = date_value(p, &cc.column, v.to_value(), tr)?;
         tr.note(|| {
             let mut s = String::new();
             let _ = write!(s, "set to {v}");

@@ -335,6 +335,70 @@ proptest! {
     }
 }
 
+// ---------------------------------------------------------------- borrowed view
+
+/// JSON text of an object written member by member, so keys can repeat (serde_json keeps
+/// the first position and the later value).
+fn members_text(kv: &[(String, Value)]) -> String {
+    let parts: Vec<String> = kv
+        .iter()
+        .map(|(k, v)| format!("{}:{}", serde_json::to_string(k).unwrap(), v))
+        .collect();
+    format!("{{{}}}", parts.join(","))
+}
+
+proptest! {
+    #![proptest_config(config(256))]
+
+    /// The fast path (`transform_view` over a view borrowing from the line) decides
+    /// exactly what `transform` over a `serde_json::Value` of the same text does,
+    /// including objects that repeat a key and strings with escapes.
+    #[test]
+    fn the_borrowed_view_transforms_like_value(
+        event in event(),
+        data in prop::collection::vec((key(), value()), 0..10),
+        repeat in prop::collection::vec((0usize..10, value()), 0..3),
+    ) {
+        let mut data = data;
+        for (i, v) in repeat {
+            if let Some((k, _)) = data.get(i % data.len().max(1)).cloned() {
+                data.push((k, v));
+            }
+        }
+        let mut text = serde_json::to_string(&event).unwrap();
+        // Replace the data field (traits or properties) with the text that repeats keys.
+        let field = if matches!(event["type"].as_str(), Some("identify" | "group")) {
+            "traits"
+        } else {
+            "properties"
+        };
+        if text.ends_with('}') && event.get(field).is_none() {
+            text.pop();
+            if text.len() > 1 {
+                text.push(',');
+            }
+            text.push_str(&format!("\"{field}\":{}}}", members_text(&data)));
+        }
+        for (name, p) in programs() {
+            let by_value = match sfmc_relay::event::parse_line(&text, 0) {
+                sfmc_relay::event::Line::Events(evs) => evs
+                    .iter()
+                    .map(|e| sfmc_relay::transform::transform(&p, e, &mut sfmc_relay::transform::Trace::off()))
+                    .collect::<Vec<_>>(),
+                _ => panic!("{text}"),
+            };
+            let by_view = match sfmc_relay::event::parse_line_view(&text, 0).0 {
+                sfmc_relay::event::LineView::Events(evs) => evs
+                    .iter()
+                    .map(|e| sfmc_relay::transform::transform_view(&p, e, &mut sfmc_relay::transform::Trace::off()))
+                    .collect::<Vec<_>>(),
+                _ => panic!("{text}"),
+            };
+            prop_assert_eq!(&by_view, &by_value, "{}: {}", name, text);
+        }
+    }
+}
+
 // ---------------------------------------------------------------- casing
 
 fn style() -> impl Strategy<Value = Style> {

@@ -7,15 +7,16 @@
 //! dead-letter file.
 
 use crate::event::{
-    Line, MAX_LINE_BYTES, ReadLine, parse_line, parse_line_envelope, preview, read_line_limited,
-    too_long_reason,
+    Line, LineView, MAX_LINE_BYTES, ReadLine, parse_line, parse_line_view, preview,
+    read_line_limited, too_long_reason,
 };
 use crate::rules::Program;
 use crate::sfmc::deadletter::DeadLetters;
 use crate::sfmc::sink::{self as sinks, Counters, EventRef, Prepared, Sink, SinkConfig};
 use crate::sfmc::{ClientConfig, ClientStats, Credentials, Endpoints, RetryPolicy, SfmcClient};
 use crate::sim::{self, SimHandle};
-use crate::transform::{Outcome, Trace, transform_owned};
+use crate::transform::{Outcome, Trace, transform_view};
+use crate::view::Val;
 use serde_json::Value;
 use std::io::{BufReader, IsTerminal, Read, Write};
 use std::num::NonZeroU32;
@@ -321,8 +322,8 @@ struct Job {
 }
 
 /// Interpret one event and prepare its calls (on a worker thread, not the async side).
-pub(crate) fn work(program: &Program, event: Value) -> Work {
-    match transform_owned(program, event, &mut Trace::off()) {
+pub(crate) fn work(program: &Program, event: &Val) -> Work {
+    match transform_view(program, event, &mut Trace::off()) {
         Outcome::Actions(actions) => Work::Send(sinks::prepare(actions)),
         Outcome::Skipped(reason) => Work::Skipped(reason),
         Outcome::Rejected(reason) => Work::Rejected(reason),
@@ -358,37 +359,56 @@ fn process_chunk(job: Job, kind: InputKind) -> Vec<Item> {
                 continue;
             }
         };
-        let (events, envelope) = match kind {
-            InputKind::Events => parse_line_envelope(&text, line),
-            InputKind::DeadLetters => (line_events(&text, line, kind), true),
-        };
+        if kind == InputKind::DeadLetters {
+            match line_events(&text, line, kind) {
+                Line::Blank => {}
+                Line::Invalid(reason) => items.push(Item::Invalid {
+                    line,
+                    version: version.clone(),
+                    raw: text.trim_end().to_string(),
+                    reason,
+                }),
+                Line::Events(events) => {
+                    for ev in events {
+                        items.push(Item::Event {
+                            line,
+                            version: version.clone(),
+                            work: work(program, &Val::from_value(&ev)),
+                            event: EventRef::from(ev),
+                        });
+                    }
+                }
+            }
+            continue;
+        }
+        let (events, envelope) = parse_line_view(&text, line);
         match events {
-            Line::Blank => {}
-            Line::Invalid(reason) => items.push(Item::Invalid {
+            LineView::Blank => {}
+            LineView::Invalid(reason) => items.push(Item::Invalid {
                 line,
                 version: version.clone(),
                 raw: text.trim_end().to_string(),
                 reason,
             }),
-            Line::Events(mut events) if events.len() == 1 && !envelope => {
+            LineView::Events(events) if events.len() == 1 && !envelope => {
                 // One event per line (the common case): the line's text stands for the
-                // event in a dead letter, and the parsed tree is consumed by the rules.
-                let ev = events.pop().expect("one event");
+                // event in a dead letter; the view borrows from it.
+                let done = work(program, &events[0]);
+                drop(events);
                 items.push(Item::Event {
                     line,
                     version: version.clone(),
-                    work: work(program, ev),
+                    work: done,
                     event: EventRef::Json(text),
                 });
             }
-            Line::Events(events) => {
-                for ev in events {
-                    let event = EventRef::from(ev.clone());
+            LineView::Events(events) => {
+                for ev in &events {
                     items.push(Item::Event {
                         line,
                         version: version.clone(),
                         work: work(program, ev),
-                        event,
+                        event: EventRef::Json(ev.to_string()),
                     });
                 }
             }

@@ -19,6 +19,7 @@ use crate::sfmc::sink::{Counters, Delivery, EventRef, Sink};
 use crate::source::http::{self, Ingest};
 use crate::source::metrics::{Metrics, type_index};
 use crate::spool::{Spool, SpoolConfig};
+use crate::view::Val;
 use serde_json::Value;
 use std::net::SocketAddr;
 use std::path::PathBuf;
@@ -61,12 +62,12 @@ fn reader_thread(
         let program = rules();
         let version: Arc<str> = Arc::from(program.version.as_str());
         for (seq, payload) in batch {
-            let item = match serde_json::from_slice::<Value>(&payload) {
+            let item = match serde_json::from_slice::<Val>(&payload) {
                 Ok(ev) => Item {
                     seq,
                     version: version.clone(),
-                    ty: type_index(ev.get("type").and_then(Value::as_str)),
-                    outcome: Ok(work(&program, ev)),
+                    ty: type_index(ev.get("type").and_then(Val::as_str)),
+                    outcome: Ok(work(&program, &ev)),
                     event: EventRef::Json(
                         String::from_utf8(payload)
                             .unwrap_or_else(|e| String::from_utf8_lossy(e.as_bytes()).into()),

@@ -2,10 +2,10 @@
 
 use crate::action::Body;
 use crate::event::{
-    Line, MAX_LINE_BYTES, ReadLine, parse_line, read_line_limited, too_long_reason,
+    LineView, MAX_LINE_BYTES, ReadLine, parse_line_view, read_line_limited, too_long_reason,
 };
 use crate::rules::Program;
-use crate::transform::{Outcome, Trace, transform_owned};
+use crate::transform::{Outcome, Trace, transform_view};
 use serde::Serialize;
 use std::io::{BufReader, Read, Write};
 use std::sync::Arc;
@@ -122,15 +122,15 @@ pub fn run<R: Read>(
                 let o = Outcome::Rejected(format!("line {}: not UTF-8 text: {e}", line_no + 1));
                 write_outcome(out, line_no, &o, &mut counts)?;
             }
-            Ok(text) => match parse_line(text, line_no) {
-                Line::Blank => {}
-                Line::Invalid(reason) => {
+            Ok(text) => match parse_line_view(text, line_no).0 {
+                LineView::Blank => {}
+                LineView::Invalid(reason) => {
                     write_outcome(out, line_no, &Outcome::Rejected(reason), &mut counts)?;
                 }
-                Line::Events(events) => {
-                    for ev in events {
+                LineView::Events(events) => {
+                    for ev in &events {
                         counts.events += 1;
-                        let outcome = transform_owned(&program, ev, &mut Trace::off());
+                        let outcome = transform_view(&program, ev, &mut Trace::off());
                         write_outcome(out, line_no, &outcome, &mut counts)?;
                     }
                 }

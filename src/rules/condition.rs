@@ -1,6 +1,7 @@
 //! Compiled conditions for filters and mapping `when:` clauses.
 
 use super::path::KeyPath;
+use crate::view::{Doc, Val};
 use regex::Regex;
 use serde_json::Value;
 
@@ -23,7 +24,7 @@ pub enum Op {
 }
 
 impl Condition {
-    pub fn eval(&self, event: &Value) -> bool {
+    pub fn eval(&self, event: &Doc) -> bool {
         match self {
             Condition::All(cs) => cs.iter().all(|c| c.eval(event)),
             Condition::Any(cs) => cs.iter().any(|c| c.eval(event)),
@@ -36,10 +37,10 @@ impl Condition {
                     Op::NotEquals(x) => !found.iter().any(|v| same(v, x)),
                     Op::In(xs) => found.iter().any(|v| xs.iter().any(|x| same(v, x))),
                     Op::NotIn(xs) => !found.iter().any(|v| xs.iter().any(|x| same(v, x))),
-                    Op::Matches(re) => found.iter().any(|v| match v {
-                        Value::String(s) => re.is_match(s),
-                        Value::Number(n) => re.is_match(&n.to_string()),
-                        Value::Bool(b) => re.is_match(if *b { "true" } else { "false" }),
+                    Op::Matches(re) => found.iter().any(|v| match &**v {
+                        Val::Str(s) => re.is_match(s),
+                        Val::Num(n) => re.is_match(&n.to_string()),
+                        Val::Bool(b) => re.is_match(if *b { "true" } else { "false" }),
                         _ => false,
                     }),
                 }
@@ -82,10 +83,10 @@ impl Condition {
 }
 
 /// JSON equality where numbers compare by value (`1` equals `1.0`).
-fn same(a: &Value, b: &Value) -> bool {
+fn same(a: &Val, b: &Value) -> bool {
     match (a, b) {
-        (Value::Number(x), Value::Number(y)) => x.as_f64() == y.as_f64(),
-        _ => a == b,
+        (Val::Num(x), Value::Number(y)) => x.as_f64() == y.as_f64(),
+        _ => a.eq_value(b),
     }
 }
 
@@ -104,6 +105,8 @@ mod tests {
     #[test]
     fn ops() {
         let e = json!({"a":1,"s":"hello","t":true,"n":null});
+        let view = Val::from_value(&e);
+        let e = Doc::with_value(&view, &e);
         assert!(t("a", Op::Equals(json!(1.0))).eval(&e));
         assert!(t("t", Op::Equals(json!(true))).eval(&e));
         assert!(!t("t", Op::Equals(json!("true"))).eval(&e));

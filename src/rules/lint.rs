@@ -55,7 +55,10 @@ fn decided(c: &Condition, probe: &Value, kind: EventKind) -> Option<bool> {
         Condition::Test { path, .. } => {
             let p = path.source().trim();
             let p = p.strip_prefix("$.").unwrap_or(p);
-            (p == "type" || Some(p) == kind.name_field()).then(|| c.eval(probe))
+            (p == "type" || Some(p) == kind.name_field()).then(|| {
+                let view = crate::view::Val::from_value(probe);
+                c.eval(&crate::view::Doc::with_value(&view, probe))
+            })
         }
         Condition::Not(c) => decided(c, probe, kind).map(|b| !b),
         Condition::All(cs) => {

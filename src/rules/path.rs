@@ -7,7 +7,13 @@
 use jsonpath_rust::parser::model::JpQuery;
 use jsonpath_rust::parser::parse_json_path;
 use jsonpath_rust::query::js_path_process;
-use serde_json::Value;
+use std::borrow::Cow;
+
+use crate::view::{Doc, Val};
+
+/// A value found at a path: borrowed from the event's view, or (for a JSONPath query,
+/// which runs on the event's `Value` form) a view of the query's result.
+pub type Found<'d> = Cow<'d, Val<'d>>;
 
 #[derive(Debug, Clone)]
 pub struct KeyPath {
@@ -59,27 +65,33 @@ impl KeyPath {
     }
 
     /// The first value at this path, if any.
-    pub fn get<'a>(&self, root: &'a Value) -> Option<&'a Value> {
+    pub fn get<'d>(&self, doc: &'d Doc<'_>) -> Option<Found<'d>> {
         match &self.kind {
             Kind::Keys(keys) => {
-                let mut v = root;
+                let mut v: &'d Val<'d> = doc.root();
                 for k in keys {
-                    v = v.as_object()?.get(k.as_str())?;
+                    v = v.get(k)?;
                 }
-                Some(v)
+                Some(Cow::Borrowed(v))
             }
-            Kind::Json(q) => js_path_process(q, root)
-                .ok()
-                .and_then(|r| r.into_iter().next().map(|r| r.val)),
+            Kind::Json(q) => js_path_process(q, doc.json()).ok().and_then(|r| {
+                r.into_iter()
+                    .next()
+                    .map(|r| Cow::Owned(Val::from_value(r.val)))
+            }),
         }
     }
 
     /// Every value at this path (one at most for a plain dotted path).
-    pub fn get_all<'a>(&self, root: &'a Value) -> Vec<&'a Value> {
+    pub fn get_all<'d>(&self, doc: &'d Doc<'_>) -> Vec<Found<'d>> {
         match &self.kind {
-            Kind::Keys(_) => self.get(root).into_iter().collect(),
-            Kind::Json(q) => js_path_process(q, root)
-                .map(|r| r.into_iter().map(|r| r.val).collect())
+            Kind::Keys(_) => self.get(doc).into_iter().collect(),
+            Kind::Json(q) => js_path_process(q, doc.json())
+                .map(|r| {
+                    r.into_iter()
+                        .map(|r| Cow::Owned(Val::from_value(r.val)))
+                        .collect()
+                })
                 .unwrap_or_default(),
         }
     }
@@ -129,33 +141,33 @@ impl PathSet {
     }
 
     /// `out[i]` = the value at path `i` (first match), or `None`.
-    pub fn get_all<'a>(&self, root: &'a Value, out: &mut Vec<Option<&'a Value>>) {
+    pub fn get_all<'d>(&self, doc: &'d Doc<'_>, out: &mut Vec<Option<Found<'d>>>) {
         out.clear();
         out.resize(self.len, None);
-        walk(&self.root, root, out);
+        walk(&self.root, doc.root(), out);
         for (i, p) in &self.json {
-            out[*i] = p.get(root);
+            out[*i] = p.get(doc);
         }
     }
 }
 
-fn walk<'a>(node: &TrieNode, v: &'a Value, out: &mut [Option<&'a Value>]) {
+fn walk<'d>(node: &TrieNode, v: &'d Val<'d>, out: &mut [Option<Found<'d>>]) {
     for &i in &node.leaves {
-        out[i] = Some(v);
+        out[i] = Some(Cow::Borrowed(v));
     }
     if node.children.is_empty() {
         return;
     }
-    let Some(obj) = v.as_object() else { return };
+    let Some(obj) = v.as_obj() else { return };
     if obj.len() <= node.children.len() * 4 {
-        for (k, cv) in obj {
+        for (k, cv) in obj.iter() {
             if let Some((_, child)) = node.children.iter().find(|(c, _)| c == k) {
                 walk(child, cv, out);
             }
         }
     } else {
         for (k, child) in &node.children {
-            if let Some(cv) = obj.get(k.as_str()) {
+            if let Some(cv) = obj.get(k) {
                 walk(child, cv, out);
             }
         }
@@ -184,7 +196,13 @@ fn first_line(s: &str) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use serde_json::json;
+    use serde_json::{Value, json};
+
+    /// `path` looked up in `event`, as a `Value`.
+    fn get(kp: &KeyPath, event: &Value) -> Option<Value> {
+        let view = Val::from_value(event);
+        kp.get(&Doc::with_value(&view, event)).map(|v| v.to_value())
+    }
 
     fn ev() -> Value {
         json!({"userId":"u1","context":{"traits":{"email":"a@b.c"},"library":{"name":"analytics.js"}},
@@ -197,14 +215,14 @@ mod tests {
         for p in ["context.traits.email", "$.context.traits.email"] {
             let kp = KeyPath::compile(p).unwrap();
             assert!(matches!(kp.kind, Kind::Keys(ref k) if k.len() == 3), "{p}");
-            assert_eq!(kp.get(&e), Some(&json!("a@b.c")));
+            assert_eq!(get(&kp, &e), Some(json!("a@b.c")));
         }
         assert_eq!(
-            KeyPath::compile("userId").unwrap().get(&e),
-            Some(&json!("u1"))
+            get(&KeyPath::compile("userId").unwrap(), &e),
+            Some(json!("u1"))
         );
-        assert_eq!(KeyPath::compile("nope.x").unwrap().get(&e), None);
-        assert_eq!(KeyPath::compile("userId.x").unwrap().get(&e), None);
+        assert_eq!(get(&KeyPath::compile("nope.x").unwrap(), &e), None);
+        assert_eq!(get(&KeyPath::compile("userId.x").unwrap(), &e), None);
     }
 
     #[test]
@@ -212,9 +230,15 @@ mod tests {
         let e = ev();
         let kp = KeyPath::compile("$.properties.products[?@.price > 10].sku").unwrap();
         assert!(matches!(kp.kind, Kind::Json(_)));
-        assert_eq!(kp.get_all(&e), vec![&json!("b")]);
+        let view = Val::from_value(&e);
+        let all: Vec<Value> = kp
+            .get_all(&Doc::new(&view))
+            .iter()
+            .map(|v| v.to_value())
+            .collect();
+        assert_eq!(all, vec![json!("b")]);
         let kp = KeyPath::compile("$['context']['library']['name']").unwrap();
-        assert_eq!(kp.get(&e), Some(&json!("analytics.js")));
+        assert_eq!(get(&kp, &e), Some(json!("analytics.js")));
     }
 
     #[test]
@@ -235,10 +259,18 @@ mod tests {
         ];
         let paths: Vec<KeyPath> = srcs.iter().map(|s| KeyPath::compile(s).unwrap()).collect();
         let set = PathSet::new(&paths);
+        let view = Val::from_value(&e);
+        let doc = Doc::new(&view);
         let mut out = Vec::new();
-        set.get_all(&e, &mut out);
+        set.get_all(&doc, &mut out);
         for (i, p) in paths.iter().enumerate() {
-            assert_eq!(out[i], p.get(&e), "{}", srcs[i]);
+            assert_eq!(out[i], p.get(&doc), "{}", srcs[i]);
+            assert_eq!(
+                out[i].as_ref().map(|v| v.to_value()),
+                get(p, &e),
+                "{}",
+                srcs[i]
+            );
         }
     }
 

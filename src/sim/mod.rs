@@ -22,6 +22,7 @@
 //! ```
 
 mod config;
+mod rows;
 mod server;
 mod state;
 mod validate;

@@ -25,8 +25,9 @@ use tokio::sync::oneshot;
 use tokio::task::JoinHandle;
 
 use super::config::{Faults, SimConfig};
+use super::rows::{FastRows, RowIn};
 use super::state::{DeTarget, FaultDecision, LogEntry, SimState, SimStats};
-use super::validate::{RowError, guid_for, prepare_declared, prepare_undeclared};
+use super::validate::{RowError, Scratch, guid_for, prepare_declared, prepare_undeclared};
 
 const DOCS_URL: &str = "https://developer.salesforce.com/docs";
 
@@ -646,14 +647,15 @@ fn row_error_response(st: &SimState, target: &DeTarget, e: RowError) -> Response
 
 /// Validate rows in order; save those before the first bad one; everything from the bad
 /// row on is rejected (and the error does not say which row it was).
-fn process_rows(st: &SimState, target: &DeTarget, rows: Vec<Value>) -> Result<(), RowError> {
+fn process_rows(st: &SimState, target: &DeTarget, rows: Vec<RowIn<'_>>) -> Result<(), RowError> {
     let ci = st.config().case_insensitive_key_values;
     let total = rows.len();
     let mut prepared = Vec::with_capacity(total);
     let mut failure = None;
+    let mut scratch = Scratch::default();
     for row in rows {
         let result = match target {
-            DeTarget::Declared(schema) => prepare_declared(schema, &row, ci),
+            DeTarget::Declared(schema) => prepare_declared(schema, row, ci, &mut scratch),
             DeTarget::Undeclared(_) => prepare_undeclared(row, ci),
         };
         match result {
@@ -681,18 +683,28 @@ async fn rowset(State(st): St, Path(spec): Path<String>, body: Bytes) -> Respons
         Ok(t) => t,
         Err(m) => return sfmc_error(StatusCode::BAD_REQUEST, m, 10001),
     };
-    let rows = match serde_json::from_slice::<Value>(&body) {
-        Ok(Value::Array(rows)) => rows,
-        Ok(_) => {
-            return sfmc_error(
-                StatusCode::BAD_REQUEST,
-                "The request body must be a JSON array of rows ({\"keys\":{...},\"values\":{...}}).",
-                10000,
-            );
+    // The fast path borrows from `body`; when it gives up, the general path (a
+    // `serde_json::Value`, borrowed from `general`) decides, errors included.
+    let general: Vec<Value>;
+    let rows = match FastRows::parse(&body) {
+        Some(rows) => rows,
+        None => {
+            general = match serde_json::from_slice::<Value>(&body) {
+                Ok(Value::Array(rows)) => rows,
+                Ok(_) => {
+                    return sfmc_error(
+                        StatusCode::BAD_REQUEST,
+                        "The request body must be a JSON array of rows ({\"keys\":{...},\"values\":{...}}).",
+                        10000,
+                    );
+                }
+                Err(e) => return bad_json(&e),
+            };
+            general.iter().map(RowIn::from_value).collect()
         }
-        Err(e) => return bad_json(&e),
     };
-    match process_rows(&st, &target, rows) {
+    let result = process_rows(&st, &target, rows);
+    match result {
         // The rows are echoed back as sent.
         Ok(()) => (
             StatusCode::OK,
@@ -758,7 +770,7 @@ async fn put_row(State(st): St, Path((spec, pk)): Path<(String, String)>, body: 
         Err(e) => return bad_json(&e),
     };
     let row = json!({"keys": keys, "values": values});
-    match process_rows(&st, &target, vec![row.clone()]) {
+    match process_rows(&st, &target, vec![RowIn::from_value(&row)]) {
         Ok(()) => json_response(StatusCode::OK, row),
         Err(e) => row_error_response(&st, &target, e),
     }
@@ -965,8 +977,12 @@ async fn sim_reset(State(st): St) -> Response {
 /// single-row primary-key path spec, and rowset rows against an undeclared data extension
 /// and a declared one with a column of every type (`Id` Text(50) and `Email` primary keys).
 ///
-/// For fuzzing (`fuzz/fuzz_targets/sim_body.rs`) and tests: it must never panic.
-/// Returns the number of rows the declared data extension accepted.
+/// Rowset bodies also go through the fast rowset parser, which must give up or agree
+/// exactly with the `serde_json::Value` path.
+///
+/// For fuzzing (`fuzz/fuzz_targets/sim_body.rs`) and tests: it must never panic (a panic
+/// on one of those checks is a bug in the fast path). Returns the number of rows the
+/// declared data extension accepted.
 pub fn check_request_body(body: &[u8]) -> usize {
     use super::config::{ColumnType, DataExtensionConfig};
     use super::validate::{DeSchema, check_value, is_valid_date, is_valid_email};
@@ -1005,15 +1021,28 @@ pub fn check_request_body(body: &[u8]) -> usize {
             columns: columns.iter().map(|(n, t)| (n.to_string(), *t)).collect(),
         },
     );
+    let fast = FastRows::parse(body);
     let Ok(value) = serde_json::from_str::<Value>(text) else {
+        assert!(
+            fast.is_none(),
+            "the rowset fast path accepted a body serde_json::Value rejects"
+        );
         return 0;
     };
     let mut accepted = 0;
     match &value {
         Value::Array(rows) => {
+            let rows: Vec<RowIn> = rows.iter().map(RowIn::from_value).collect();
+            if let Some(fast) = fast {
+                assert_eq!(
+                    fast, rows,
+                    "the rowset fast path disagrees with serde_json::Value"
+                );
+            }
+            let mut scratch = Scratch::default();
             for row in rows {
                 let _ = prepare_undeclared(row.clone(), true);
-                if prepare_declared(&schema, row, false).is_ok() {
+                if prepare_declared(&schema, row, false, &mut scratch).is_ok() {
                     accepted += 1;
                 }
             }

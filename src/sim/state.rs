@@ -11,7 +11,10 @@ use serde::Serialize;
 use serde_json::{Map, Value, json};
 
 use super::config::{Faults, SimConfig, UnknownDataExtensions};
-use super::validate::{DeSchema, PreparedRow, format_uuid, guid_for};
+use super::rows::{
+    Cols, NO_SLOT, StoredCols, Val, ValIn, clear_slots, cols_to_map, merge_cols, put_col,
+};
+use super::validate::{DeSchema, PreparedCols, PreparedRow, format_uuid, guid_for};
 
 fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
     // A panic while holding a lock must not take the whole simulator down.
@@ -72,56 +75,109 @@ pub struct LogEntry {
 
 #[derive(Debug)]
 pub(crate) struct StoredRow {
-    pub keys: Map<String, Value>,
-    pub values: Map<String, Value>,
+    pub keys: StoredCols,
+    pub values: StoredCols,
+}
+
+/// One accepted upsert in the log (a [`LogEntry`] is built from it on demand).
+#[derive(Debug)]
+struct LogRecord {
+    seq: u64,
+    /// Index into `Data::des`.
+    de: usize,
+    keys: StoredCols,
+    values: StoredCols,
 }
 
 #[derive(Debug)]
 pub(crate) struct DeData {
     pub key: String,
+    /// `key` lower-cased (the key of `Data::de_index`).
+    pub lower: String,
     pub guid: String,
     pub rows: Vec<StoredRow>,
-    pub index: HashMap<String, usize>,
+    pub index: foldhash::HashMap<String, usize>,
     pub upserts: u64,
-    /// For undeclared data extensions: lower-cased column -> first casing seen.
-    pub canonical: HashMap<String, String>,
-    /// The values of `canonical`: names already in their canonical casing.
-    pub canonical_names: foldhash::HashSet<String>,
+    /// Column names by column id: the declared columns in schema order, or (undeclared
+    /// data extensions) each column in the first casing seen, in first-seen order.
+    pub names: Vec<Box<str>>,
+    /// Undeclared: lower-cased column -> id.
+    pub by_lower: foldhash::HashMap<String, u32>,
+    /// Undeclared: canonical name (exactly as in `names`) -> id, to skip lower-casing.
+    pub by_canonical: foldhash::HashMap<Box<str>, u32>,
+    /// Scratch, one entry per column id, [`NO_SLOT`] between uses.
+    pub slots: Vec<u32>,
+    /// Undeclared: the column ids of the previous row's `keys` (0) and `values` (1) by
+    /// position; rows usually repeat the same names in the same order.
+    memo: [Vec<u32>; 2],
 }
 
 impl DeData {
-    fn new(key: &str, guid: String) -> Self {
+    fn new(key: &str, lower: String, guid: String, columns: Vec<Box<str>>) -> Self {
         DeData {
             key: key.to_string(),
+            lower,
             guid,
             rows: Vec::new(),
-            index: HashMap::new(),
+            index: Default::default(),
             upserts: 0,
-            canonical: HashMap::new(),
-            canonical_names: Default::default(),
+            slots: vec![NO_SLOT; columns.len()],
+            names: columns,
+            by_lower: Default::default(),
+            by_canonical: Default::default(),
+            memo: Default::default(),
         }
     }
 
-    fn canonicalize(&mut self, map: Map<String, Value>) -> Map<String, Value> {
-        // The common case: every column already in its first-seen casing (no copies).
-        if map
-            .keys()
-            .all(|k| self.canonical_names.contains(k.as_str()))
-        {
-            return map;
+    /// The id of an undeclared column: its first casing seen is canonical.
+    fn column_id(&mut self, name: &str) -> u32 {
+        if let Some(&id) = self.by_canonical.get(name) {
+            return id;
         }
-        map.into_iter()
-            .map(|(k, v)| {
-                let canon = self
-                    .canonical
-                    .entry(k.to_lowercase())
-                    .or_insert_with(|| k.clone())
-                    .clone();
-                self.canonical_names.insert(canon.clone());
-                (canon, v)
-            })
-            .collect()
+        let lower = name.to_lowercase();
+        if let Some(&id) = self.by_lower.get(&lower) {
+            return id;
+        }
+        let id = self.names.len() as u32;
+        self.names.push(name.into());
+        self.by_canonical.insert(name.into(), id);
+        self.by_lower.insert(lower, id);
+        self.slots.push(NO_SLOT);
+        id
     }
+
+    /// Columns of an undeclared data extension as stored: canonical ids, and names that
+    /// only differ in casing merged like repeated keys of one object.
+    fn canonicalize(&mut self, cols: Cols<'_>, part: usize) -> StoredCols {
+        let mut out = Vec::with_capacity(cols.len());
+        let mut memo = std::mem::take(&mut self.memo[part]);
+        for (pos, (name, v)) in cols.into_iter().enumerate() {
+            let id = match memo.get(pos) {
+                Some(&id) if *self.names[id as usize] == *name => id,
+                _ => {
+                    let id = self.column_id(&name);
+                    if pos < memo.len() {
+                        memo[pos] = id;
+                    } else {
+                        memo.push(id);
+                    }
+                    id
+                }
+            };
+            put_col(&mut out, &mut self.slots, id, Val::from(v));
+        }
+        self.memo[part] = memo;
+        clear_slots(&out, &mut self.slots);
+        out
+    }
+
+    fn to_map(&self, cols: &StoredCols) -> Map<String, Value> {
+        cols_to_map(&self.names, cols)
+    }
+}
+
+fn stored(cols: Vec<(u32, ValIn<'_>)>) -> StoredCols {
+    cols.into_iter().map(|(id, v)| (id, Val::from(v))).collect()
 }
 
 #[derive(Debug)]
@@ -133,14 +189,21 @@ struct Contact {
 
 #[derive(Debug, Default)]
 struct Data {
-    /// Lower-cased DE key -> data, plus first-seen order.
-    des: HashMap<String, DeData>,
-    de_order: Vec<String>,
+    /// Data extensions that received rows, in first-seen order.
+    des: Vec<DeData>,
+    /// Lower-cased DE key -> index into `des`.
+    de_index: foldhash::HashMap<String, usize>,
     contacts: Vec<Contact>,
     contact_index: HashMap<String, usize>,
     events: Vec<Value>,
-    log: Vec<LogEntry>,
+    log: Vec<LogRecord>,
     seq: u64,
+}
+
+impl Data {
+    fn de(&self, lower: &str) -> Option<&DeData> {
+        self.de_index.get(lower).map(|&i| &self.des[i])
+    }
 }
 
 /// What the fault RNG decided for one REST call.
@@ -419,37 +482,53 @@ impl SimState {
     }
 
     /// Store prepared rows (in order) and count `rejected` refused rows.
-    pub(crate) fn apply_rows(&self, target: &DeTarget, rows: Vec<PreparedRow>, rejected: u64) {
+    pub(crate) fn apply_rows(&self, target: &DeTarget, rows: Vec<PreparedRow<'_>>, rejected: u64) {
         let accepted = rows.len() as u64;
         if accepted > 0 {
             let log_limit = self.config.log_limit;
             let mut log_dropped = 0u64;
             {
                 let mut data = lock(&self.data);
-                let data = &mut *data;
-                let (lower, key, guid) = match target {
-                    DeTarget::Declared(s) => (s.key.to_lowercase(), s.key.as_str(), s.guid.clone()),
-                    DeTarget::Undeclared(k) => (k.to_lowercase(), k.as_str(), guid_for(k)),
+                let Data {
+                    des,
+                    de_index,
+                    log,
+                    seq,
+                    ..
+                } = &mut *data;
+                let key = match target {
+                    DeTarget::Declared(s) => s.key.as_str(),
+                    DeTarget::Undeclared(k) => k.as_str(),
                 };
-                if !data.des.contains_key(&lower) {
-                    data.de_order.push(lower.clone());
-                    data.des.insert(lower.clone(), DeData::new(key, guid));
-                }
-                let Some(de) = data.des.get_mut(&lower) else {
-                    return;
+                let lower = key.to_lowercase();
+                let de_idx = match de_index.get(&lower) {
+                    Some(&i) => i,
+                    None => {
+                        let (guid, columns) = match target {
+                            DeTarget::Declared(s) => (
+                                s.guid.clone(),
+                                s.columns.iter().map(|(n, _)| n.as_str().into()).collect(),
+                            ),
+                            DeTarget::Undeclared(k) => (guid_for(k), Vec::new()),
+                        };
+                        des.push(DeData::new(key, lower.clone(), guid, columns));
+                        de_index.insert(lower, des.len() - 1);
+                        des.len() - 1
+                    }
                 };
-                let undeclared = matches!(target, DeTarget::Undeclared(_));
+                let de = &mut des[de_idx];
                 for row in rows {
-                    let (keys, values) = if undeclared {
-                        (de.canonicalize(row.keys), de.canonicalize(row.values))
-                    } else {
-                        (row.keys, row.values)
+                    let (keys, values) = match row.cols {
+                        PreparedCols::Declared { keys, values } => (stored(keys), stored(values)),
+                        PreparedCols::Undeclared { keys, values } => {
+                            (de.canonicalize(keys, 0), de.canonicalize(values, 1))
+                        }
                     };
-                    if data.log.len() < log_limit {
-                        data.seq += 1;
-                        data.log.push(LogEntry {
-                            seq: data.seq,
-                            data_extension: de.key.clone(),
+                    if log.len() < log_limit {
+                        *seq += 1;
+                        log.push(LogRecord {
+                            seq: *seq,
+                            de: de_idx,
                             keys: keys.clone(),
                             values: values.clone(),
                         });
@@ -462,12 +541,7 @@ impl SimState {
                         .as_ref()
                         .and_then(|id| de.index.get(id).copied());
                     match existing {
-                        Some(i) => {
-                            let stored = &mut de.rows[i];
-                            for (k, v) in values {
-                                stored.values.insert(k, v);
-                            }
-                        }
+                        Some(i) => merge_cols(&mut de.rows[i].values, values, &mut de.slots),
                         None => {
                             if let Some(id) = row.identity {
                                 de.index.insert(id, de.rows.len());
@@ -492,11 +566,16 @@ impl SimState {
     pub fn rows_opt(&self, key: &str) -> Option<Vec<Value>> {
         let lower = key.to_lowercase();
         let data = lock(&self.data);
-        match data.des.get(&lower) {
+        match data.de(&lower) {
             Some(de) => Some(
                 de.rows
                     .iter()
-                    .map(|r| json!({"keys": r.keys, "values": r.values}))
+                    .map(|r| {
+                        let mut row = Map::with_capacity(2);
+                        row.insert("keys".into(), Value::Object(de.to_map(&r.keys)));
+                        row.insert("values".into(), Value::Object(de.to_map(&r.values)));
+                        Value::Object(row)
+                    })
                     .collect(),
             ),
             None if self.schemas.contains_key(&lower) => Some(Vec::new()),
@@ -517,13 +596,12 @@ impl SimState {
             .data_extensions
             .keys()
             .map(|k| {
-                let n = data.des.get(&k.to_lowercase()).map_or(0, |d| d.rows.len());
+                let n = data.de(&k.to_lowercase()).map_or(0, |d| d.rows.len());
                 (k.clone(), guid_for(k), n)
             })
             .collect();
-        for lower in &data.de_order {
-            if !self.schemas.contains_key(lower) {
-                let de = &data.des[lower];
+        for de in &data.des {
+            if !self.schemas.contains_key(&de.lower) {
                 out.push((de.key.clone(), de.guid.clone(), de.rows.len()));
             }
         }
@@ -532,7 +610,19 @@ impl SimState {
 
     /// Every accepted row upsert in arrival order.
     pub fn log(&self) -> Vec<LogEntry> {
-        lock(&self.data).log.clone()
+        let data = lock(&self.data);
+        data.log
+            .iter()
+            .map(|r| {
+                let de = &data.des[r.de];
+                LogEntry {
+                    seq: r.seq,
+                    data_extension: de.key.clone(),
+                    keys: de.to_map(&r.keys),
+                    values: de.to_map(&r.values),
+                }
+            })
+            .collect()
     }
 
     // ----- contacts and events ------------------------------------------------------
@@ -606,7 +696,7 @@ impl SimState {
             (
                 data.des
                     .iter()
-                    .map(|(k, d)| (k.clone(), d.upserts))
+                    .map(|d| (d.lower.clone(), d.upserts))
                     .collect(),
                 data.contacts.len(),
                 data.events.clone(),

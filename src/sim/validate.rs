@@ -2,11 +2,10 @@
 //!
 //! Everything here is pure (no locks, no IO) so it runs before the state lock is taken.
 
-use std::collections::HashMap;
-
-use serde_json::{Map, Value};
+use serde_json::Value;
 
 use super::config::{ColumnType, DataExtensionConfig};
+use super::rows::{Cols, NO_SLOT, RowIn, ValIn, clear_slots, put_col};
 
 /// A declared data extension, compiled for fast case-insensitive lookups.
 #[derive(Debug)]
@@ -18,9 +17,9 @@ pub(crate) struct DeSchema {
     /// Columns as declared (name, type).
     pub columns: Vec<(String, ColumnType)>,
     /// Lower-cased column name -> index into `columns`.
-    pub by_lower: HashMap<String, usize>,
+    pub by_lower: foldhash::HashMap<String, usize>,
     /// Declared column name -> index (fast path without lower-casing).
-    pub by_name: HashMap<String, usize>,
+    pub by_name: foldhash::HashMap<String, usize>,
     /// Indexes of primary-key columns, in declared order.
     pub pks: Vec<usize>,
 }
@@ -32,12 +31,12 @@ impl DeSchema {
             .iter()
             .map(|(name, ty)| (name.clone(), *ty))
             .collect();
-        let by_lower: HashMap<String, usize> = columns
+        let by_lower: foldhash::HashMap<String, usize> = columns
             .iter()
             .enumerate()
             .map(|(i, (name, _))| (name.to_lowercase(), i))
             .collect();
-        let by_name: HashMap<String, usize> = columns
+        let by_name: foldhash::HashMap<String, usize> = columns
             .iter()
             .enumerate()
             .map(|(i, (name, _))| (name.clone(), i))
@@ -113,48 +112,33 @@ pub(crate) enum RowError {
     Malformed(String),
 }
 
-/// A validated row with canonical column names, ready to be stored.
-#[derive(Debug, Clone)]
-pub(crate) struct PreparedRow {
+/// A validated row, ready to be stored.
+#[derive(Debug, Clone, PartialEq)]
+pub(crate) struct PreparedRow<'a> {
     /// Identity used for upsert matching; `None` = always insert (no primary key).
     pub identity: Option<String>,
-    pub keys: Map<String, Value>,
-    pub values: Map<String, Value>,
+    pub cols: PreparedCols<'a>,
 }
 
-fn object_field<'a>(
-    row: &'a Map<String, Value>,
-    name: &str,
-) -> Result<Option<&'a Map<String, Value>>, RowError> {
-    match row.get(name) {
-        None | Some(Value::Null) => Ok(None),
-        Some(Value::Object(m)) => Ok(Some(m)),
-        Some(_) => Err(RowError::Malformed(format!(
-            "The '{name}' property of a row must be an object."
-        ))),
-    }
-}
-
-type RowParts<'a> = (
-    Option<&'a Map<String, Value>>,
-    Option<&'a Map<String, Value>>,
-);
-
-fn split_row(row: &Value) -> Result<RowParts<'_>, RowError> {
-    let Value::Object(obj) = row else {
-        return Err(RowError::Malformed(
-            "Each row must be an object of the form {\"keys\":{...},\"values\":{...}}.".into(),
-        ));
-    };
-    Ok((object_field(obj, "keys")?, object_field(obj, "values")?))
+/// The columns of a [`PreparedRow`].
+#[derive(Debug, Clone, PartialEq)]
+pub(crate) enum PreparedCols<'a> {
+    /// A declared data extension: (column index in the schema, value), one entry per
+    /// column, in first-seen order.
+    Declared {
+        keys: Vec<(u32, ValIn<'a>)>,
+        values: Vec<(u32, ValIn<'a>)>,
+    },
+    /// An undeclared one: names as sent, canonicalised later under the state lock.
+    Undeclared { keys: Cols<'a>, values: Cols<'a> },
 }
 
 /// The string form of a key value used for identity matching.
-pub(crate) fn key_string(v: &Value, case_insensitive: bool) -> String {
+pub(crate) fn key_string(v: &ValIn<'_>, case_insensitive: bool) -> String {
     let s = match v {
-        Value::String(s) => s.clone(),
-        Value::Null => String::new(),
-        other => other.to_string(),
+        ValIn::Str(s) => s.to_string(),
+        ValIn::Null => String::new(),
+        other => other.json_text(),
     };
     if case_insensitive {
         s.to_lowercase()
@@ -163,88 +147,154 @@ pub(crate) fn key_string(v: &Value, case_insensitive: bool) -> String {
     }
 }
 
-/// Validate a row against a declared data extension.
-pub(crate) fn prepare_declared(
-    schema: &DeSchema,
-    row: &Value,
-    case_insensitive_values: bool,
-) -> Result<PreparedRow, RowError> {
-    let (keys, values) = split_row(row)?;
-    let empty = Map::new();
-    let keys = keys.unwrap_or(&empty);
-    let values = values.unwrap_or(&empty);
+/// Append `s.to_lowercase()` (without the intermediate `String` for ASCII text).
+fn push_lower(out: &mut String, s: &str) {
+    if s.is_ascii() {
+        out.extend(s.bytes().map(|b| char::from(b.to_ascii_lowercase())));
+    } else {
+        out.push_str(&s.to_lowercase());
+    }
+}
 
-    // Resolve the names in `keys` once.
-    let resolved_keys: Vec<(Option<usize>, &Value)> = keys
-        .iter()
-        .map(|(name, v)| (schema.lookup(name), v))
-        .collect();
-    let mut pk_values: Vec<Option<&Value>> = vec![None; schema.pks.len()];
-    for (idx, v) in &resolved_keys {
-        if let Some(idx) = idx
-            && let Some(pos) = schema.pks.iter().position(|p| p == idx)
+/// Append [`key_string`]`(v, case_insensitive)`.
+fn push_key_string(out: &mut String, v: &ValIn<'_>, case_insensitive: bool) {
+    match v {
+        ValIn::Str(s) if case_insensitive => push_lower(out, s),
+        ValIn::Str(s) => out.push_str(s),
+        ValIn::Null => {}
+        other => out.push_str(&key_string(other, case_insensitive)),
+    }
+}
+
+fn split_row(row: RowIn<'_>) -> Result<(Cols<'_>, Cols<'_>), RowError> {
+    match row {
+        RowIn::Malformed(m) => Err(RowError::Malformed(m.to_string())),
+        RowIn::Row { keys, values } => Ok((keys.unwrap_or_default(), values.unwrap_or_default())),
+    }
+}
+
+/// Scratch space for [`prepare_declared`], reused across the rows of a request.
+#[derive(Debug, Default)]
+pub(crate) struct Scratch {
+    /// Position of each column in the row being built ([`NO_SLOT`] between rows).
+    slots: Vec<u32>,
+    /// Column index (`usize::MAX` = unknown) of each position of the previous row's
+    /// `keys` and `values`: rows of one request usually repeat the same names.
+    memo: [Vec<usize>; 2],
+}
+
+/// `schema.lookup(name)` for the name at `pos` of `keys` (`part` 0) or `values` (1).
+fn lookup_at(
+    schema: &DeSchema,
+    memo: &mut [Vec<usize>; 2],
+    part: usize,
+    pos: usize,
+    name: &str,
+) -> Option<usize> {
+    let memo = &mut memo[part];
+    if let Some(&idx) = memo.get(pos)
+        && idx != usize::MAX
+        && schema.columns[idx].0 == name
+    {
+        return Some(idx);
+    }
+    let found = schema.lookup(name);
+    let idx = found.unwrap_or(usize::MAX);
+    if pos < memo.len() {
+        memo[pos] = idx;
+    } else {
+        memo.push(idx);
+    }
+    found
+}
+
+/// Validate a row against a declared data extension.
+pub(crate) fn prepare_declared<'a>(
+    schema: &DeSchema,
+    row: RowIn<'a>,
+    case_insensitive_values: bool,
+    scratch: &mut Scratch,
+) -> Result<PreparedRow<'a>, RowError> {
+    let (keys, values) = split_row(row)?;
+    let Scratch { slots, memo } = scratch;
+
+    // Which entry of `keys` holds each primary key (a later one for the same column wins).
+    let mut pk_at: Vec<usize> = vec![usize::MAX; schema.pks.len()];
+    for (i, (name, _)) in keys.iter().enumerate() {
+        if let Some(idx) = lookup_at(schema, memo, 0, i, name)
+            && let Some(pos) = schema.pks.iter().position(|p| *p == idx)
         {
-            pk_values[pos] = Some(v);
+            pk_at[pos] = i;
         }
     }
-    if let Some(pos) = pk_values.iter().position(Option::is_none) {
+    if let Some(pos) = pk_at.iter().position(|&i| i == usize::MAX) {
         let name = &schema.columns[schema.pks[pos]].0;
         return Err(RowError::MissingPrimaryKey(name.clone()));
     }
+    let identity = if schema.pks.is_empty() {
+        None
+    } else {
+        let mut id = String::new();
+        for &i in &pk_at {
+            push_key_string(&mut id, &keys[i].1, case_insensitive_values);
+            id.push('\u{1f}');
+        }
+        Some(id)
+    };
 
+    if slots.len() != schema.columns.len() {
+        slots.clear();
+        slots.resize(schema.columns.len(), NO_SLOT);
+    }
     let mut errors = Vec::new();
     let mut existing = 0usize;
-    let mut out_keys = Map::new();
-    let mut out_values = Map::new();
-    for (idx, v) in resolved_keys {
-        let Some(idx) = idx else { continue };
-        existing += 1;
-        let (name, ty) = &schema.columns[idx];
-        let is_pk = schema.is_pk(idx);
-        if let Err(e) = check_value(name, *ty, v, is_pk) {
-            errors.push(e);
-        }
-        if is_pk {
-            out_keys.insert(name.clone(), v.clone());
-        } else {
-            out_values.insert(name.clone(), v.clone());
-        }
-    }
-    for (raw, v) in values {
-        let Some(idx) = schema.lookup(raw) else {
+    let mut out_keys = Vec::with_capacity(schema.pks.len());
+    let mut out_values = Vec::with_capacity(keys.len() + values.len());
+    for (i, (raw, v)) in keys.into_iter().enumerate() {
+        let Some(idx) = lookup_at(schema, memo, 0, i, &raw) else {
             continue;
         };
         existing += 1;
         let (name, ty) = &schema.columns[idx];
         let is_pk = schema.is_pk(idx);
-        if let Err(e) = check_value(name, *ty, v, is_pk) {
+        if let Err(e) = check_val(name, *ty, &v, is_pk) {
+            errors.push(e);
+        }
+        if is_pk {
+            put_col(&mut out_keys, slots, idx as u32, v);
+        } else {
+            put_col(&mut out_values, slots, idx as u32, v);
+        }
+    }
+    for (i, (raw, v)) in values.into_iter().enumerate() {
+        let Some(idx) = lookup_at(schema, memo, 1, i, &raw) else {
+            continue;
+        };
+        existing += 1;
+        let (name, ty) = &schema.columns[idx];
+        let is_pk = schema.is_pk(idx);
+        if let Err(e) = check_val(name, *ty, &v, is_pk) {
             errors.push(e);
         }
         // A primary-key column repeated in `values` never changes the row's identity.
         if !is_pk {
-            out_values.insert(name.clone(), v.clone());
+            put_col(&mut out_values, slots, idx as u32, v);
         }
     }
+    clear_slots(&out_keys, slots);
+    clear_slots(&out_values, slots);
     if !errors.is_empty() {
         return Err(RowError::Invalid(errors));
     }
     if existing == 0 {
         return Err(RowError::NoExistingField);
     }
-    let identity = if schema.pks.is_empty() {
-        None
-    } else {
-        let mut id = String::new();
-        for v in pk_values.into_iter().flatten() {
-            id.push_str(&key_string(v, case_insensitive_values));
-            id.push('\u{1f}');
-        }
-        Some(id)
-    };
     Ok(PreparedRow {
         identity,
-        keys: out_keys,
-        values: out_values,
+        cols: PreparedCols::Declared {
+            keys: out_keys,
+            values: out_values,
+        },
     })
 }
 
@@ -252,24 +302,23 @@ pub(crate) fn prepare_declared(
 /// keys are whatever `keys` the row sends. Column names are canonicalised later, under
 /// the state lock, to the first casing seen.
 pub(crate) fn prepare_undeclared(
-    row: Value,
+    row: RowIn<'_>,
     case_insensitive_values: bool,
-) -> Result<PreparedRow, RowError> {
-    split_row(&row)?;
-    let Value::Object(mut obj) = row else {
-        unreachable!("split_row checked it is an object")
-    };
-    let mut take = |name: &str| match obj.swap_remove(name) {
-        Some(Value::Object(m)) => m,
-        _ => Map::new(),
-    };
-    let keys = take("keys");
-    let values = take("values");
+) -> Result<PreparedRow<'_>, RowError> {
+    let (keys, values) = split_row(row)?;
     if keys.is_empty() && values.is_empty() {
         return Err(RowError::NoExistingField);
     }
     let identity = if keys.is_empty() {
         None
+    } else if let [(k, v)] = keys.as_slice() {
+        // One key (the usual case): nothing to sort.
+        let mut id = String::with_capacity(k.len() + 32);
+        push_lower(&mut id, k);
+        id.push('\u{1e}');
+        push_key_string(&mut id, v, case_insensitive_values);
+        id.push('\u{1f}');
+        Some(id)
     } else {
         let mut parts: Vec<(String, String)> = keys
             .iter()
@@ -287,8 +336,7 @@ pub(crate) fn prepare_undeclared(
     };
     Ok(PreparedRow {
         identity,
-        keys,
-        values,
+        cols: PreparedCols::Undeclared { keys, values },
     })
 }
 
@@ -298,10 +346,20 @@ fn msg(col: &str, what: &str) -> String {
 
 /// Check one value against its column type. `Err` holds the SFMC-style message.
 pub(crate) fn check_value(col: &str, ty: ColumnType, v: &Value, is_pk: bool) -> Result<(), String> {
+    check_val(col, ty, &ValIn::from_value(v), is_pk)
+}
+
+/// [`check_value`] on a value as received.
+pub(crate) fn check_val(
+    col: &str,
+    ty: ColumnType,
+    v: &ValIn<'_>,
+    is_pk: bool,
+) -> Result<(), String> {
     match v {
-        Value::Null => return Err(msg(col, "cannot be null.")),
-        Value::Array(_) | Value::Object(_) => return Err(msg(col, "is not valid.")),
-        Value::String(s) if s.is_empty() => {
+        ValIn::Null => return Err(msg(col, "cannot be null.")),
+        ValIn::Nested(_) => return Err(msg(col, "is not valid.")),
+        ValIn::Str(s) if s.is_empty() => {
             if is_pk {
                 return Err(msg(col, "is required: a primary key cannot be empty."));
             }
@@ -313,8 +371,8 @@ pub(crate) fn check_value(col: &str, ty: ColumnType, v: &Value, is_pk: bool) -> 
     match ty {
         ColumnType::Text(max) => {
             let len = match v {
-                Value::String(s) => s.chars().count(),
-                other => other.to_string().chars().count(),
+                ValIn::Str(s) => s.chars().count(),
+                other => other.json_text().chars().count(),
             };
             if len > max {
                 return Err(msg(col, "exceeds the column's maximum length."));
@@ -322,8 +380,8 @@ pub(crate) fn check_value(col: &str, ty: ColumnType, v: &Value, is_pk: bool) -> 
         }
         ColumnType::Number => {
             let ok = match v {
-                Value::Number(n) => n.as_i64().is_some_and(|i| i32::try_from(i).is_ok()),
-                Value::String(s) => parse_int(s.trim()).is_some_and(|i| i32::try_from(i).is_ok()),
+                ValIn::Num(n) => n.as_i64().is_some_and(|i| i32::try_from(i).is_ok()),
+                ValIn::Str(s) => parse_int(s.trim()).is_some_and(|i| i32::try_from(i).is_ok()),
                 _ => false,
             };
             if !ok {
@@ -332,11 +390,11 @@ pub(crate) fn check_value(col: &str, ty: ColumnType, v: &Value, is_pk: bool) -> 
         }
         ColumnType::Decimal { precision, scale } => {
             let int_digits = match v {
-                Value::Number(n) => n
+                ValIn::Num(n) => n
                     .as_f64()
                     .filter(|f| f.is_finite())
                     .map(|f| integer_digits(&format!("{}", f.abs().trunc()))),
-                Value::String(s) => decimal_int_digits(s.trim()),
+                ValIn::Str(s) => decimal_int_digits(s.trim()),
                 _ => None,
             };
             match int_digits {
@@ -349,9 +407,9 @@ pub(crate) fn check_value(col: &str, ty: ColumnType, v: &Value, is_pk: bool) -> 
         }
         ColumnType::Boolean => {
             let ok = match v {
-                Value::Bool(_) => true,
-                Value::Number(n) => matches!(n.as_i64(), Some(0 | 1)),
-                Value::String(s) => matches!(
+                ValIn::Bool(_) => true,
+                ValIn::Num(n) => matches!(n.as_i64(), Some(0 | 1)),
+                ValIn::Str(s) => matches!(
                     s.trim().to_ascii_lowercase().as_str(),
                     "true" | "false" | "1" | "0" | "y" | "n" | "yes" | "no"
                 ),
@@ -362,21 +420,21 @@ pub(crate) fn check_value(col: &str, ty: ColumnType, v: &Value, is_pk: bool) -> 
             }
         }
         ColumnType::Date => {
-            let ok = matches!(v, Value::String(s) if is_valid_date(s));
+            let ok = matches!(v, ValIn::Str(s) if is_valid_date(s));
             if !ok {
                 return Err(msg(col, "is not a valid date."));
             }
         }
         ColumnType::EmailAddress => {
-            let ok = matches!(v, Value::String(s) if is_valid_email(s));
+            let ok = matches!(v, ValIn::Str(s) if is_valid_email(s));
             if !ok {
                 return Err(msg(col, "is not a valid email address."));
             }
         }
         ColumnType::Phone => {
             let ok = match v {
-                Value::String(s) => is_valid_phone(s),
-                Value::Number(n) => n.as_u64().is_some(),
+                ValIn::Str(s) => is_valid_phone(s),
+                ValIn::Num(n) => n.as_u64().is_some(),
                 _ => false,
             };
             if !ok {

@@ -26,15 +26,17 @@ export SFMC_AUTH_URL=http://127.0.0.1:$PORT SFMC_REST_URL=http://127.0.0.1:$PORT
 # The corpus is written first (untimed): generating it costs about as much CPU as relaying it.
 $BIN corpus -n "$N" --users "$U" > "$work/corpus.ndjson"
 start=$(date +%s.%N)
-/usr/bin/time -f '%M' -o "$work/rss" \
+/usr/bin/time -f '%M %U %S' -o "$work/rss" \
   $BIN run --rules ${RULES:-examples/ecommerce/rules} --requests-per-second 0 -q \
     --input "$work/corpus.ndjson" --dead-letter "$work/dead.ndjson" 2>"$work/run.log"
 end=$(date +%s.%N)
 secs=$(echo "$end - $start" | bc -l)
-rss_kb=$(cat "$work/rss")
+read -r rss_kb relay_user relay_sys < "$work/rss"
+sim_cpu=$(awk '{print ($14 + $15) / 100}' /proc/$SIM_PID/stat)
 echo "events: $N, users: $U"
 printf 'wall: %.2f s, %.0f events/s\n' "$secs" "$(echo "$N / $secs" | bc -l)"
 echo "peak RSS (relay): $((rss_kb / 1024)) MB"
+echo "CPU: relay ${relay_user} s user + ${relay_sys} s sys; simulator ${sim_cpu} s (whole life, with corpus time idle)"
 grep -E "events read|SFMC calls" "$work/run.log"
 curl -s http://127.0.0.1:$PORT/sim/stats | python3 -c '
 import json,sys

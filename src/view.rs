@@ -70,6 +70,11 @@ impl<'a> Obj<'a> {
         self.0.is_empty()
     }
 
+    /// The members, in order.
+    pub fn into_members(self) -> Vec<(Cow<'a, str>, Val<'a>)> {
+        self.0
+    }
+
     /// Add a member; a key already present keeps its place and takes the new value
     /// (as `serde_json::Map::insert` does).
     pub fn insert(&mut self, key: Cow<'a, str>, v: Val<'a>) {

@@ -25,7 +25,7 @@ use tokio::sync::oneshot;
 use tokio::task::JoinHandle;
 
 use super::config::{Faults, SimConfig};
-use super::rows::{FastRows, RowIn};
+use super::rows::{RowIn, ValIn};
 use super::state::{DeTarget, FaultDecision, LogEntry, SimState, SimStats};
 use super::validate::{RowError, Scratch, guid_for, prepare_declared, prepare_undeclared};
 
@@ -683,25 +683,17 @@ async fn rowset(State(st): St, Path(spec): Path<String>, body: Bytes) -> Respons
         Ok(t) => t,
         Err(m) => return sfmc_error(StatusCode::BAD_REQUEST, m, 10001),
     };
-    // The fast path borrows from `body`; when it gives up, the general path (a
-    // `serde_json::Value`, borrowed from `general`) decides, errors included.
-    let general: Vec<Value>;
-    let rows = match FastRows::parse(&body) {
-        Some(rows) => rows,
-        None => {
-            general = match serde_json::from_slice::<Value>(&body) {
-                Ok(Value::Array(rows)) => rows,
-                Ok(_) => {
-                    return sfmc_error(
-                        StatusCode::BAD_REQUEST,
-                        "The request body must be a JSON array of rows ({\"keys\":{...},\"values\":{...}}).",
-                        10000,
-                    );
-                }
-                Err(e) => return bad_json(&e),
-            };
-            general.iter().map(RowIn::from_value).collect()
+    // Rows borrow their names and strings from `body`.
+    let rows: Vec<RowIn> = match serde_json::from_slice::<ValIn>(&body) {
+        Ok(ValIn::Arr(rows)) => rows.into_iter().map(RowIn::from_view).collect(),
+        Ok(_) => {
+            return sfmc_error(
+                StatusCode::BAD_REQUEST,
+                "The request body must be a JSON array of rows ({\"keys\":{...},\"values\":{...}}).",
+                10000,
+            );
         }
+        Err(e) => return bad_json(&e),
     };
     let result = process_rows(&st, &target, rows);
     match result {
@@ -981,7 +973,7 @@ async fn sim_reset(State(st): St) -> Response {
 /// exactly with the `serde_json::Value` path.
 ///
 /// For fuzzing (`fuzz/fuzz_targets/sim_body.rs`) and tests: it must never panic (a panic
-/// on one of those checks is a bug in the fast path). Returns the number of rows the
+/// on one of those checks is a bug). Returns the number of rows the
 /// declared data extension accepted.
 pub fn check_request_body(body: &[u8]) -> usize {
     use super::config::{ColumnType, DataExtensionConfig};
@@ -1021,11 +1013,10 @@ pub fn check_request_body(body: &[u8]) -> usize {
             columns: columns.iter().map(|(n, t)| (n.to_string(), *t)).collect(),
         },
     );
-    let fast = FastRows::parse(body);
     let Ok(value) = serde_json::from_str::<Value>(text) else {
         assert!(
-            fast.is_none(),
-            "the rowset fast path accepted a body serde_json::Value rejects"
+            serde_json::from_str::<ValIn>(text).is_err(),
+            "the borrowed view accepted a body serde_json::Value rejects"
         );
         return 0;
     };
@@ -1033,11 +1024,16 @@ pub fn check_request_body(body: &[u8]) -> usize {
     match &value {
         Value::Array(rows) => {
             let rows: Vec<RowIn> = rows.iter().map(RowIn::from_value).collect();
-            if let Some(fast) = fast {
-                assert_eq!(
-                    fast, rows,
-                    "the rowset fast path disagrees with serde_json::Value"
-                );
+            // serde_json's `Value` gives keys starting `$serde_json::private::` a meaning
+            // of its own (`raw_value`); the view reads them as plain keys.
+            match serde_json::from_str::<ValIn>(text) {
+                _ if text.contains("$serde_json::private::") => {}
+                Ok(ValIn::Arr(view)) => assert_eq!(
+                    view.into_iter().map(RowIn::from_view).collect::<Vec<_>>(),
+                    rows,
+                    "the borrowed view disagrees with serde_json::Value"
+                ),
+                other => panic!("the borrowed view read an array as {other:?}"),
             }
             let mut scratch = Scratch::default();
             for row in rows {

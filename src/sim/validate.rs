@@ -138,7 +138,7 @@ pub(crate) fn key_string(v: &ValIn<'_>, case_insensitive: bool) -> String {
     let s = match v {
         ValIn::Str(s) => s.to_string(),
         ValIn::Null => String::new(),
-        other => other.json_text(),
+        other => other.to_string(),
     };
     if case_insensitive {
         s.to_lowercase()
@@ -358,7 +358,7 @@ pub(crate) fn check_val(
 ) -> Result<(), String> {
     match v {
         ValIn::Null => return Err(msg(col, "cannot be null.")),
-        ValIn::Nested(_) => return Err(msg(col, "is not valid.")),
+        ValIn::Arr(_) | ValIn::Obj(_) => return Err(msg(col, "is not valid.")),
         ValIn::Str(s) if s.is_empty() => {
             if is_pk {
                 return Err(msg(col, "is required: a primary key cannot be empty."));
@@ -372,7 +372,7 @@ pub(crate) fn check_val(
         ColumnType::Text(max) => {
             let len = match v {
                 ValIn::Str(s) => s.chars().count(),
-                other => other.json_text().chars().count(),
+                other => other.to_string().chars().count(),
             };
             if len > max {
                 return Err(msg(col, "exceeds the column's maximum length."));

@@ -18,13 +18,11 @@
 
 use super::client::{SendError, SfmcClient};
 use super::deadletter::{DeadLetters, Failure};
-use crate::action::{Action, CONTACTS_PATH, EVENTS_PATH, RowRef, rowset_path};
+use crate::action::{Action, CONTACTS_PATH, EVENTS_PATH, rowset_path};
 use bytes::Bytes;
 use indexmap::IndexMap;
 use reqwest::Method;
-use serde_json::value::RawValue;
 use serde_json::{Map, Value, json};
-use std::borrow::Cow;
 use std::collections::{HashSet, VecDeque};
 use std::hash::{Hash, Hasher};
 use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
@@ -242,7 +240,7 @@ struct PreparedRow {
     /// Hash of (data extension, primary key): picks the lane.
     hash: u64,
     /// `{"keys":{..},"values":{..}}`
-    json: Vec<u8>,
+    json: RowText,
 }
 
 /// Serialise `actions` for [`Sink::submit_prepared`].
@@ -258,11 +256,7 @@ pub fn prepare(actions: Vec<Action>) -> Prepared {
                 let pk = pk_identity(&keys);
                 let mut h = std::collections::hash_map::DefaultHasher::new();
                 pk.hash(&mut h);
-                let json = serde_json::to_vec(&RowRef {
-                    keys: &keys,
-                    values: &values,
-                })
-                .expect("JSON values serialize");
+                let json = RowText::new(&keys, &values);
                 PreparedAction::Row(PreparedRow {
                     lane_key: data_extension.to_lowercase(),
                     data_extension,
@@ -283,92 +277,156 @@ pub fn prepare(actions: Vec<Action>) -> Prepared {
 
 struct RowMsg {
     pk: Box<str>,
-    json: Vec<u8>,
+    json: RowText,
     ticket: Arc<Ticket>,
 }
 
 /// A row in a pending batch: possibly several events' rows coalesced.
 struct Row {
-    json: Vec<u8>,
+    json: RowText,
     tickets: Vec<Arc<Ticket>>,
 }
 
-/// An object's members, borrowed from its JSON text (values left unparsed).
-struct RawMembers<'a>(Vec<(Cow<'a, str>, &'a RawValue)>);
+/// A row's JSON text, `{"keys":{..},"values":{..}}`, with where each member is: rows of
+/// one primary key coalesce by splicing members, without parsing either row.
+#[derive(Debug, Clone, Default)]
+struct RowText {
+    json: Vec<u8>,
+    keys: Vec<Member>,
+    values: Vec<Member>,
+}
 
-impl<'de: 'a, 'a> serde::Deserialize<'de> for RawMembers<'a> {
-    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
-        struct V<'a>(std::marker::PhantomData<&'a ()>);
-        impl<'de: 'a, 'a> serde::de::Visitor<'de> for V<'a> {
-            type Value = RawMembers<'a>;
-            fn expecting(&self, f: &mut std::fmt::Formatter) -> std::fmt::Result {
-                f.write_str("an object")
-            }
-            fn visit_map<A: serde::de::MapAccess<'de>>(
-                self,
-                mut m: A,
-            ) -> Result<Self::Value, A::Error> {
-                #[derive(serde::Deserialize)]
-                struct Key<'a>(#[serde(borrow)] Cow<'a, str>);
-                let mut out = Vec::with_capacity(m.size_hint().unwrap_or(16));
-                while let Some((Key(k), v)) = m.next_entry::<Key<'a>, &'a RawValue>()? {
-                    out.push((k, v));
-                }
-                Ok(RawMembers(out))
-            }
-        }
-        d.deserialize_map(V(std::marker::PhantomData))
+/// One member's place in [`RowText::json`]: its name as JSON text (quotes included) is
+/// `[start, colon)`, its value `(colon, end)`.
+#[derive(Debug, Clone, Copy)]
+struct Member {
+    start: u32,
+    colon: u32,
+    end: u32,
+}
+
+impl RowText {
+    /// Serialise a row (the same bytes `serde_json` writes for [`RowRef`]).
+    fn new(keys: &Map<String, Value>, values: &Map<String, Value>) -> RowText {
+        let mut t = RowText::default();
+        t.json.extend_from_slice(b"{\"keys\":");
+        t.keys = write_members(&mut t.json, keys.iter().map(|(k, v)| (k.as_str(), v)));
+        t.json.extend_from_slice(b",\"values\":");
+        t.values = write_members(&mut t.json, values.iter().map(|(k, v)| (k.as_str(), v)));
+        t.json.push(b'}');
+        t
+    }
+
+    fn len(&self) -> usize {
+        self.json.len()
+    }
+
+    fn name(&self, m: Member) -> &[u8] {
+        &self.json[m.start as usize..m.colon as usize]
+    }
+
+    fn member(&self, m: Member) -> &[u8] {
+        &self.json[m.start as usize..m.end as usize]
+    }
+
+    fn value(&self, m: Member) -> &[u8] {
+        &self.json[m.colon as usize + 1..m.end as usize]
     }
 }
 
-impl<'a> RawMembers<'a> {
-    /// Insert or replace (in place, like a map's insert).
-    fn merge(&mut self, later: RawMembers<'a>) {
-        for (k, v) in later.0 {
-            match self.0.iter_mut().find(|(e, _)| *e == k) {
-                Some(slot) => slot.1 = v,
-                None => self.0.push((k, v)),
-            }
+fn write_members<'a>(
+    out: &mut Vec<u8>,
+    members: impl Iterator<Item = (&'a str, &'a Value)>,
+) -> Vec<Member> {
+    let mut spans = Vec::with_capacity(members.size_hint().0);
+    out.push(b'{');
+    for (i, (k, v)) in members.enumerate() {
+        if i > 0 {
+            out.push(b',');
         }
+        let start = out.len() as u32;
+        serde_json::to_writer(&mut *out, k).expect("writing to a Vec");
+        let colon = out.len() as u32;
+        out.push(b':');
+        serde_json::to_writer(&mut *out, v).expect("JSON values serialize");
+        spans.push(Member {
+            start,
+            colon,
+            end: out.len() as u32,
+        });
     }
-
-    fn write(&self, out: &mut Vec<u8>) {
-        out.push(b'{');
-        for (i, (k, v)) in self.0.iter().enumerate() {
-            if i > 0 {
-                out.push(b',');
-            }
-            serde_json::to_writer(&mut *out, k.as_ref()).expect("writing to a Vec");
-            out.push(b':');
-            out.extend_from_slice(v.get().as_bytes());
-        }
-        out.push(b'}');
-    }
-}
-
-#[derive(serde::Deserialize)]
-struct RawRow<'a> {
-    #[serde(borrow)]
-    keys: RawMembers<'a>,
-    #[serde(borrow)]
-    values: RawMembers<'a>,
-}
-
-/// `later` coalesced into `earlier`: later values win, keys are unioned. Only the two
-/// rows' members are parsed; their values are copied as JSON text.
-fn merge_rows(earlier: &[u8], later: &[u8]) -> Vec<u8> {
-    let parse = |j| serde_json::from_slice::<RawRow>(j).expect("rows are serialised by prepare()");
-    let mut a = parse(earlier);
-    let b = parse(later);
-    a.keys.merge(b.keys);
-    a.values.merge(b.values);
-    let mut out = Vec::with_capacity(earlier.len() + later.len());
-    out.extend_from_slice(b"{\"keys\":");
-    a.keys.write(&mut out);
-    out.extend_from_slice(b",\"values\":");
-    a.values.write(&mut out);
     out.push(b'}');
-    out
+    spans
+}
+
+/// `later` coalesced into `earlier`: keys are unioned, later values win, columns keep the
+/// earlier row's order with new ones after. Names compare as JSON text, which serde_json
+/// writes one way for one name.
+fn merge_rows(earlier: &RowText, later: &RowText) -> RowText {
+    let mut t = RowText {
+        json: Vec::with_capacity(earlier.len() + later.len()),
+        ..RowText::default()
+    };
+    t.json.extend_from_slice(b"{\"keys\":");
+    t.keys = merge_members(&mut t.json, earlier, &earlier.keys, later, &later.keys);
+    t.json.extend_from_slice(b",\"values\":");
+    t.values = merge_members(&mut t.json, earlier, &earlier.values, later, &later.values);
+    t.json.push(b'}');
+    t
+}
+
+fn merge_members(
+    out: &mut Vec<u8>,
+    a: &RowText,
+    am: &[Member],
+    b: &RowText,
+    bm: &[Member],
+) -> Vec<Member> {
+    // Rows of one key usually have the same columns in the same order: look at the same
+    // position first.
+    let find = |i: usize, name: &[u8]| -> Option<usize> {
+        if bm.get(i).is_some_and(|m| b.name(*m) == name) {
+            return Some(i);
+        }
+        bm.iter().position(|m| b.name(*m) == name)
+    };
+    let mut used = vec![false; bm.len()];
+    let mut spans = Vec::with_capacity(am.len().max(bm.len()));
+    let mut push = |out: &mut Vec<u8>, name: &[u8], value: &[u8]| {
+        if !spans.is_empty() {
+            out.push(b',');
+        }
+        let start = out.len() as u32;
+        out.extend_from_slice(name);
+        let colon = out.len() as u32;
+        out.push(b':');
+        out.extend_from_slice(value);
+        spans.push(Member {
+            start,
+            colon,
+            end: out.len() as u32,
+        });
+    };
+    out.push(b'{');
+    for (i, m) in am.iter().enumerate() {
+        let name = a.name(*m);
+        match find(i, name) {
+            Some(j) => {
+                used[j] = true;
+                push(out, name, b.value(bm[j]));
+            }
+            None => push(out, name, a.value(*m)),
+        }
+    }
+    for (j, m) in bm.iter().enumerate() {
+        if !used[j] {
+            let whole = b.member(*m);
+            let colon = (m.colon - m.start) as usize;
+            push(out, &whole[..colon], &whole[colon + 1..]);
+        }
+    }
+    out.push(b'}');
+    spans
 }
 
 /// The primary-key identity of a row: key names (case-insensitive) and values.
@@ -694,7 +752,7 @@ fn rowset_body(rows: &[Row]) -> Vec<u8> {
         if i > 0 {
             out.push(b',');
         }
-        out.extend_from_slice(&r.json);
+        out.extend_from_slice(&r.json.json);
     }
     out.push(b']');
     out
@@ -730,8 +788,7 @@ async fn send_rows(shared: &Shared, path: &str, rows: Vec<Row>) {
             }
             Err(e) => {
                 for row in chunk {
-                    let call =
-                        json!({"method": "POST", "path": path, "body": [body_value(&row.json)]});
+                    let call = json!({"method": "POST", "path": path, "body": [body_value(&row.json.json)]});
                     let f = failure_from(&e, call);
                     for t in row.tickets {
                         t.done(Err(f.clone()));
@@ -771,7 +828,7 @@ mod tests {
         let c = prepared_row(row(json!({"Contact Key": 1}), json!({})));
         let d = prepared_row(row(json!({"Contact Key": "1"}), json!({})));
         assert_eq!(
-            serde_json::from_slice::<Value>(&a.json).unwrap(),
+            serde_json::from_slice::<Value>(&a.json.json).unwrap(),
             json!({"keys": {"Contact Key": "u-1"}, "values": {"Email": "a@b.c"}})
         );
         assert_eq!((a.pk.clone(), a.hash), (b.pk, b.hash));
@@ -785,9 +842,54 @@ mod tests {
         let b = prepared_row(row(json!({"K": "1"}), json!({"B": 2, "C": 2})));
         let m = merge_rows(&a.json, &b.json);
         assert_eq!(
-            serde_json::from_slice::<Value>(&m).unwrap(),
+            serde_json::from_slice::<Value>(&m.json).unwrap(),
             json!({"keys": {"K": "1"}, "values": {"A": 1, "B": 2, "C": 2}})
         );
+    }
+
+    #[test]
+    fn row_text_is_what_serde_json_writes_and_merges_repeatedly() {
+        let rows = [
+            (
+                json!({"K": "1"}),
+                json!({"A": 1, "B": {"x": [1, "y"]}, "é\"": "q"}),
+            ),
+            (json!({"K": "1"}), json!({"B": null, "C": "c", "A": 2})),
+            (json!({"K": "1", "L": 2}), json!({"D": true, "é\"": "r"})),
+            (json!({"L": 3}), json!({})),
+        ];
+        let mut merged: Option<RowText> = None;
+        let mut want_keys = Map::new();
+        let mut want_values = Map::new();
+        for (k, v) in rows {
+            let a = row(k.clone(), v.clone());
+            let p = prepared_row(a);
+            let Action::UpsertRow { keys, values, .. } = row(k, v) else {
+                unreachable!()
+            };
+            assert_eq!(
+                p.json.json,
+                serde_json::to_vec(&crate::action::RowRef {
+                    keys: &keys,
+                    values: &values
+                })
+                .unwrap()
+            );
+            want_keys.extend(keys);
+            want_values.extend(values);
+            merged = Some(match merged {
+                None => p.json,
+                Some(m) => merge_rows(&m, &p.json),
+            });
+            let m = merged.as_ref().unwrap();
+            let got: Value = serde_json::from_slice(&m.json).unwrap();
+            assert_eq!(got, json!({"keys": want_keys, "values": want_values}));
+            // Byte for byte what serde_json writes for the merged maps (same order).
+            assert_eq!(
+                m.json,
+                serde_json::to_vec(&json!({"keys": want_keys, "values": want_values})).unwrap()
+            );
+        }
     }
 
     #[test]
@@ -798,7 +900,7 @@ mod tests {
         ));
         let b = prepared_row(row(json!({"K\"ey": "1"}), json!({"Z": "two\n", "N": null})));
         let m = merge_rows(&a.json, &b.json);
-        let v: Value = serde_json::from_slice(&m).unwrap();
+        let v: Value = serde_json::from_slice(&m.json).unwrap();
         assert_eq!(
             v,
             json!({"keys": {"K\"ey": "1"}, "values": {"A\\b": [1, {"x": "y"}], "Z": "two\n", "N": null}})

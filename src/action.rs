@@ -1,7 +1,12 @@
 //! SFMC actions: what one event asks SFMC to do, and the HTTP calls they become.
 
 use serde::Serialize;
-use serde_json::{Map, Value, json};
+use serde_json::{Value, json};
+
+/// A row's or an API event's columns, in insertion order. An `IndexMap` like
+/// `serde_json::Map`, hashed with foldhash instead of SipHash: an event's columns are
+/// inserted once each, and SipHash was about 5% of the relay's instructions.
+pub type Fields = indexmap::IndexMap<String, Value, foldhash::fast::RandomState>;
 
 /// One thing an event asks of SFMC.
 #[derive(Debug, Clone, PartialEq)]
@@ -11,14 +16,14 @@ pub enum Action {
     /// One row upserted into a data extension (batched by the sink).
     UpsertRow {
         data_extension: String,
-        keys: Map<String, Value>,
-        values: Map<String, Value>,
+        keys: Fields,
+        values: Fields,
     },
     /// `POST /interaction/v1/events` (Journey Builder API event; not idempotent).
     ApiEvent {
         contact_key: String,
         definition_key: String,
-        data: Map<String, Value>,
+        data: Fields,
     },
 }
 
@@ -55,7 +60,7 @@ pub fn encode_segment(s: &str) -> String {
 }
 
 /// One rowset entry: `{"keys":{...},"values":{...}}`.
-pub fn row_json(keys: &Map<String, Value>, values: &Map<String, Value>) -> Value {
+pub fn row_json(keys: &Fields, values: &Fields) -> Value {
     json!({"keys": keys, "values": values})
 }
 
@@ -76,15 +81,15 @@ pub enum Body<'a> {
         #[serde(rename = "EventDefinitionKey")]
         definition_key: &'a str,
         #[serde(rename = "Data")]
-        data: &'a Map<String, Value>,
+        data: &'a Fields,
     },
 }
 
 /// One rowset entry, borrowed.
 #[derive(Serialize)]
 pub struct RowRef<'a> {
-    pub keys: &'a Map<String, Value>,
-    pub values: &'a Map<String, Value>,
+    pub keys: &'a Fields,
+    pub values: &'a Fields,
 }
 
 impl Action {
@@ -156,7 +161,7 @@ mod tests {
 
     #[test]
     fn borrowed_body_matches_call() {
-        let mut m = Map::new();
+        let mut m = Fields::default();
         m.insert("A".into(), json!(1));
         for a in [
             Action::CreateContact {

@@ -2,11 +2,11 @@
 //!
 //! Pure: no I/O, no clock, no randomness. `explain` passes a trace to see every decision.
 
-use crate::action::Action;
+use crate::action::{Action, Fields};
 use crate::rules::dates;
 use crate::rules::program::{EventKind, Mapping, Nested, Nulls, PrimaryKey, Program};
 use crate::view::{Doc, Obj, Val};
-use serde_json::{Map, Value};
+use serde_json::Value;
 use std::borrow::Cow;
 use std::fmt::Write as _;
 
@@ -346,7 +346,10 @@ fn build(p: &Program, plan: Plan, event: &Doc, tr: &mut Trace) -> Result<Vec<Act
         }
     };
     let mut converted =
-        Map::with_capacity(data.as_ref().map_or(0, |d| d.len()) + p.context_columns.len());
+        Fields::with_capacity_and_hasher(
+            data.as_ref().map_or(0, |d| d.len()) + p.context_columns.len(),
+            Default::default(),
+        );
     if let Some(d) = data {
         convert(p, d, "", &mut converted, tr)?;
     }
@@ -370,7 +373,7 @@ fn build(p: &Program, plan: Plan, event: &Doc, tr: &mut Trace) -> Result<Vec<Act
         Vec::new()
     };
     let mut ctx_left = ctx_uses;
-    let mut next_values = |with_context: bool| -> Map<String, Value> {
+    let mut next_values = |with_context: bool| -> Fields {
         uses -= 1;
         let mut v = if uses == 0 {
             std::mem::take(&mut converted)
@@ -397,7 +400,7 @@ fn build(p: &Program, plan: Plan, event: &Doc, tr: &mut Trace) -> Result<Vec<Act
             });
         }
         if let Some(de) = &p.identify.data_extension {
-            let mut keys = Map::new();
+            let mut keys = Fields::default();
             keys.insert("Contact Key".to_string(), Value::String(ck.clone()));
             tr.note(|| Note::PrimaryKey {
                 data_extension: de.clone(),
@@ -414,7 +417,7 @@ fn build(p: &Program, plan: Plan, event: &Doc, tr: &mut Trace) -> Result<Vec<Act
     for m in mappings {
         if let Some(de) = &m.data_extension {
             let values = next_values(m.include_context);
-            let mut keys = Map::new();
+            let mut keys = Fields::default();
             match &m.primary_key {
                 PrimaryKey::Uuid => match &message_id {
                     Some(id) => {
@@ -577,7 +580,7 @@ fn convert(
     p: &Program,
     data: &Obj,
     prefix: &str,
-    out: &mut Map<String, Value>,
+    out: &mut Fields,
     tr: &mut Trace,
 ) -> Result<(), Outcome> {
     for (k, v) in data.iter() {
@@ -592,7 +595,7 @@ fn convert_member(
     k: &str,
     v: &Val,
     prefix: &str,
-    out: &mut Map<String, Value>,
+    out: &mut Fields,
     tr: &mut Trace,
 ) -> Result<(), Outcome> {
     let key: Cow<str> = if prefix.is_empty() {
@@ -656,7 +659,7 @@ fn put(
     p: &Program,
     key: &str,
     v: Value,
-    out: &mut Map<String, Value>,
+    out: &mut Fields,
     tr: &mut Trace,
 ) -> Result<(), Outcome> {
     let column = p.casing.apply(key);
@@ -686,7 +689,7 @@ fn put(
 fn context_values(
     p: &Program,
     event: &Doc,
-    data: &Map<String, Value>,
+    data: &Fields,
     tr: &mut Trace,
 ) -> Result<Vec<(String, Value)>, Outcome> {
     let mut out = Vec::with_capacity(p.context_columns.len());

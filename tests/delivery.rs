@@ -103,7 +103,7 @@ struct Expected {
     events: u64,
 }
 
-fn pk_id(keys: &Map<String, Value>) -> String {
+fn pk_id(keys: &sfmc_relay::action::Fields) -> String {
     let mut v: Vec<String> = keys
         .iter()
         .map(|(k, v)| format!("{}={v}", k.to_lowercase()))
@@ -146,7 +146,7 @@ fn expected(program: &Program, input: &Path) -> Expected {
                                             .or_default();
                                         let row = de
                                             .entry(pk_id(&keys))
-                                            .or_insert_with(|| (keys.clone(), Map::new()));
+                                            .or_insert_with(|| (keys.clone().into_iter().collect(), Map::new()));
                                         for (k, v) in values {
                                             row.1.insert(k, v);
                                         }

@@ -18,11 +18,11 @@
 
 use super::client::{SendError, SfmcClient};
 use super::deadletter::{DeadLetters, Failure};
-use crate::action::{Action, CONTACTS_PATH, EVENTS_PATH, rowset_path};
+use crate::action::{Action, CONTACTS_PATH, EVENTS_PATH, Fields, rowset_path};
 use bytes::Bytes;
 use indexmap::IndexMap;
 use reqwest::Method;
-use serde_json::{Map, Value, json};
+use serde_json::{Value, json};
 use std::collections::{HashSet, VecDeque};
 use std::hash::{Hash, Hasher};
 use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
@@ -307,7 +307,7 @@ struct Member {
 
 impl RowText {
     /// Serialise a row (the same bytes `serde_json` writes for [`RowRef`]).
-    fn new(keys: &Map<String, Value>, values: &Map<String, Value>) -> RowText {
+    fn new(keys: &Fields, values: &Fields) -> RowText {
         let mut t = RowText::default();
         t.json.extend_from_slice(b"{\"keys\":");
         t.keys = write_members(&mut t.json, keys.iter().map(|(k, v)| (k.as_str(), v)));
@@ -430,7 +430,7 @@ fn merge_members(
 }
 
 /// The primary-key identity of a row: key names (case-insensitive) and values.
-fn pk_identity(keys: &Map<String, Value>) -> String {
+fn pk_identity(keys: &Fields) -> String {
     use std::fmt::Write as _;
     let mut parts: Vec<(String, &Value)> =
         keys.iter().map(|(k, v)| (k.to_lowercase(), v)).collect();
@@ -802,12 +802,13 @@ async fn send_rows(shared: &Shared, path: &str, rows: Vec<Row>) {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use serde_json::Map;
 
     fn row(keys: Value, values: Value) -> Action {
         Action::UpsertRow {
             data_extension: "De".into(),
-            keys: keys.as_object().unwrap().clone(),
-            values: values.as_object().unwrap().clone(),
+            keys: keys.as_object().unwrap().clone().into_iter().collect(),
+            values: values.as_object().unwrap().clone().into_iter().collect(),
         }
     }
 

@@ -345,11 +345,10 @@ fn build(p: &Program, plan: Plan, event: &Doc, tr: &mut Trace) -> Result<Vec<Act
             )));
         }
     };
-    let mut converted =
-        Fields::with_capacity_and_hasher(
-            data.as_ref().map_or(0, |d| d.len()) + p.context_columns.len(),
-            Default::default(),
-        );
+    let mut converted = Fields::with_capacity_and_hasher(
+        data.as_ref().map_or(0, |d| d.len()) + p.context_columns.len(),
+        Default::default(),
+    );
     if let Some(d) = data {
         convert(p, d, "", &mut converted, tr)?;
     }
@@ -655,13 +654,7 @@ fn date_value(p: &Program, column: &str, v: Value, tr: &mut Trace) -> Result<Val
     }
 }
 
-fn put(
-    p: &Program,
-    key: &str,
-    v: Value,
-    out: &mut Fields,
-    tr: &mut Trace,
-) -> Result<(), Outcome> {
+fn put(p: &Program, key: &str, v: Value, out: &mut Fields, tr: &mut Trace) -> Result<(), Outcome> {
     let column = p.casing.apply(key);
     // Named before this key's own notes, so the earlier key is found.
     let earlier = (tr.on() && out.contains_key(column.as_ref())).then(|| tr.last_writer(&column));

@@ -144,9 +144,9 @@ fn expected(program: &Program, input: &Path) -> Expected {
                                             .rows
                                             .entry(data_extension.to_lowercase())
                                             .or_default();
-                                        let row = de
-                                            .entry(pk_id(&keys))
-                                            .or_insert_with(|| (keys.clone().into_iter().collect(), Map::new()));
+                                        let row = de.entry(pk_id(&keys)).or_insert_with(|| {
+                                            (keys.clone().into_iter().collect(), Map::new())
+                                        });
                                         for (k, v) in values {
                                             row.1.insert(k, v);
                                         }

@@ -308,7 +308,16 @@ struct Member {
 impl RowText {
     /// Serialise a row (the same bytes `serde_json` writes for [`RowRef`]).
     fn new(keys: &Fields, values: &Fields) -> RowText {
-        let mut t = RowText::default();
+        // Sized once: growing the buffer member by member was most of the cost.
+        let estimate = |f: &Fields| {
+            f.iter()
+                .map(|(k, v)| k.len() + v.as_str().map_or(24, str::len) + 6)
+                .sum::<usize>()
+        };
+        let mut t = RowText {
+            json: Vec::with_capacity(estimate(keys) + estimate(values) + 24),
+            ..RowText::default()
+        };
         t.json.extend_from_slice(b"{\"keys\":");
         t.keys = write_members(&mut t.json, keys.iter().map(|(k, v)| (k.as_str(), v)));
         t.json.extend_from_slice(b",\"values\":");
@@ -345,10 +354,13 @@ fn write_members<'a>(
             out.push(b',');
         }
         let start = out.len() as u32;
-        serde_json::to_writer(&mut *out, k).expect("writing to a Vec");
+        write_json_str(out, k);
         let colon = out.len() as u32;
         out.push(b':');
-        serde_json::to_writer(&mut *out, v).expect("JSON values serialize");
+        match v {
+            Value::String(s) => write_json_str(out, s),
+            v => serde_json::to_writer(&mut *out, v).expect("JSON values serialize"),
+        }
         spans.push(Member {
             start,
             colon,
@@ -357,6 +369,43 @@ fn write_members<'a>(
     }
     out.push(b'}');
     spans
+}
+
+/// A JSON string, as serde_json writes it. Most column names and values need no escapes:
+/// those are found eight bytes at a time and copied; the rest are left to serde_json.
+fn write_json_str(out: &mut Vec<u8>, s: &str) {
+    if needs_escape(s.as_bytes()) {
+        serde_json::to_writer(&mut *out, s).expect("writing to a Vec");
+    } else {
+        out.reserve(s.len() + 2);
+        out.push(b'"');
+        out.extend_from_slice(s.as_bytes());
+        out.push(b'"');
+    }
+}
+
+/// Whether `b` has a byte JSON escapes: `"`, `\` or a control character below 0x20.
+fn needs_escape(b: &[u8]) -> bool {
+    const ONES: u64 = 0x0101_0101_0101_0101;
+    const HIGH: u64 = 0x8080_8080_8080_8080;
+    // A lane of `x` is zero: the classic "has a zero byte" test (no false negatives; a
+    // false positive only sends the string the careful way).
+    let has_zero = |x: u64| x.wrapping_sub(ONES) & !x & HIGH != 0;
+    let mut chunks = b.chunks_exact(8);
+    for c in &mut chunks {
+        let w = u64::from_le_bytes(c.try_into().expect("eight bytes"));
+        // Bytes below 0x20: (w & 0xE0 per lane) == 0.
+        if has_zero(w & (0xE0 * ONES))
+            || has_zero(w ^ (u64::from(b'"') * ONES))
+            || has_zero(w ^ (u64::from(b'\\') * ONES))
+        {
+            return true;
+        }
+    }
+    chunks
+        .remainder()
+        .iter()
+        .any(|&c| c < 0x20 || c == b'"' || c == b'\\')
 }
 
 /// `later` coalesced into `earlier`: keys are unioned, later values win, columns keep the
@@ -890,6 +939,29 @@ mod tests {
                 m.json,
                 serde_json::to_vec(&json!({"keys": want_keys, "values": want_values})).unwrap()
             );
+        }
+    }
+
+    #[test]
+    fn strings_are_written_as_serde_json_writes_them() {
+        let mut cases: Vec<String> = vec![
+            String::new(),
+            "plain text, longer than eight bytes".into(),
+            "é☕ unicode is not escaped \u{7f}/".into(),
+        ];
+        for pos in 0..20 {
+            for c in ['"', '\\', '\n', '\u{0}', '\u{1f}', '\t', ' ', '\u{7f}', 'é'] {
+                let mut s: String = "abcdefghijklmnopqrst".into();
+                s.insert(pos, c);
+                cases.push(s);
+            }
+        }
+        for s in cases {
+            let mut out = Vec::new();
+            write_json_str(&mut out, &s);
+            assert_eq!(out, serde_json::to_vec(&s).unwrap(), "{s:?}");
+            let careful = s.bytes().any(|b| b < 0x20 || b == b'"' || b == b'\\');
+            assert_eq!(needs_escape(s.as_bytes()), careful, "{s:?}");
         }
     }
 

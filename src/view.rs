@@ -35,9 +35,9 @@ pub enum Val<'a> {
 #[derive(Debug, Clone, PartialEq, Default)]
 pub struct Obj<'a>(Vec<(Cow<'a, str>, Val<'a>)>);
 
-/// Objects up to this size find a repeated key by scanning; larger ones use an index while
-/// they are parsed.
-const SCAN_MAX: usize = 16;
+/// Objects up to this size find a repeated key with a Bloom filter and a scan; larger ones
+/// use an index while they are parsed.
+const SCAN_MAX: usize = 64;
 
 impl<'a> Obj<'a> {
     pub fn new() -> Self {
@@ -260,15 +260,22 @@ impl<'de: 'a, 'a> Visitor<'de> for ValVisitor<'a> {
         Ok(Val::Arr(out))
     }
     fn visit_map<A: MapAccess<'de>>(self, mut map: A) -> Result<Val<'a>, A::Error> {
-        let mut members: Vec<(Cow<'a, str>, Val<'a>)> = Vec::new();
-        // Built only for large objects: key -> position.
+        let mut members: Vec<(Cow<'a, str>, Val<'a>)> = Vec::with_capacity(8);
+        // Keys seen so far, as a 128-bit Bloom filter: only a key that may repeat one costs
+        // a scan. Past SCAN_MAX members an index keeps large objects linear.
+        let mut seen = 0u128;
         let mut index: Option<foldhash::HashMap<Cow<'a, str>, usize>> = None;
         while let Some(key) = map.next_key_seed(KeySeed(std::marker::PhantomData))? {
             let v: Val<'a> = map.next_value()?;
-            if members.len() < SCAN_MAX && index.is_none() {
-                match members.iter_mut().find(|(k, _)| *k == key) {
-                    Some(slot) => slot.1 = v,
-                    None => members.push((key, v)),
+            if index.is_none() && members.len() < SCAN_MAX {
+                let bit = bloom_bit(&key);
+                if seen & bit != 0
+                    && let Some(slot) = members.iter_mut().find(|(k, _)| *k == key)
+                {
+                    slot.1 = v;
+                } else {
+                    seen |= bit;
+                    members.push((key, v));
                 }
                 continue;
             }
@@ -289,6 +296,16 @@ impl<'de: 'a, 'a> Visitor<'de> for ValVisitor<'a> {
         }
         Ok(Val::Obj(Obj(members)))
     }
+}
+
+/// One of 128 bits for a key, from its length and three of its bytes.
+fn bloom_bit(key: &str) -> u128 {
+    let b = key.as_bytes();
+    let h = (b.len() as u64)
+        | u64::from(b.first().copied().unwrap_or(0)) << 16
+        | u64::from(b.last().copied().unwrap_or(0)) << 24
+        | u64::from(b.get(b.len() / 2).copied().unwrap_or(0)) << 32;
+    1u128 << (h.wrapping_mul(0x9e37_79b9_7f4a_7c15) >> 57)
 }
 
 /// Object keys, borrowed when they have no escapes.
@@ -397,7 +414,7 @@ mod tests {
     #[test]
     fn a_repeated_key_keeps_its_place_and_takes_the_later_value() {
         // Small objects (scanned) and large ones (indexed) alike, as serde_json does.
-        for n in [3, 40] {
+        for n in [3, 40, 100] {
             let mut text = String::from("{");
             for i in 0..n {
                 text.push_str(&format!("\"k{i}\":{i},"));

@@ -460,7 +460,7 @@ fn reader_thread(
     }
     let stopped = Arc::new(AtomicBool::new(false));
     let (order_tx, order_rx) =
-        std::sync::mpsc::sync_channel::<std::sync::mpsc::Receiver<Vec<Item>>>(workers * 4);
+        std::sync::mpsc::sync_channel::<std::sync::mpsc::Receiver<Vec<Item>>>(workers * 2);
     let sequencer = {
         let stopped = stopped.clone();
         std::thread::Builder::new()
@@ -568,7 +568,7 @@ pub async fn run(rules: RuleSource, opts: RunOptions) -> Result<RunSummary, RunE
     );
 
     let input = open(&opts.input)?;
-    let (tx, mut rx) = mpsc::channel::<Item>(1024);
+    let (tx, mut rx) = mpsc::channel::<Item>(256);
     let lines = Arc::new(AtomicU64::new(0));
     let late_dead = Arc::new(AtomicU64::new(0));
     let reader = {

@@ -288,27 +288,33 @@ fn open(input: &Option<PathBuf>) -> Result<Box<dyn Read + Send>, RunError> {
     })
 }
 
-/// The events on one input line.
-fn line_events(text: &str, line: u64, kind: InputKind) -> Line {
-    match kind {
-        InputKind::Events => parse_line(text, line),
-        InputKind::DeadLetters => match parse_line(text, line) {
-            Line::Events(mut v) if v.len() == 1 => match v
-                .pop()
-                .and_then(|mut r| r.get_mut("event").map(Value::take))
-            {
-                Some(Value::String(raw)) => parse_line(&raw, line),
-                Some(ev @ Value::Object(_)) => Line::Events(vec![ev]),
-                _ => Line::Invalid(format!(
-                    "line {}: not a dead-letter record (no \"event\")",
-                    line + 1
-                )),
-            },
-            Line::Events(_) => {
-                Line::Invalid(format!("line {}: not a dead-letter record", line + 1))
-            }
-            other => other,
+/// The events of one line of a dead-letter file (`replay`): each record's `"event"`, kept
+/// as the input line's text or as the parsed event.
+fn dead_letter_events(text: &str, line: u64) -> Line {
+    match parse_line(text, line) {
+        Line::Events(mut v) if v.len() == 1 => match v
+            .pop()
+            .and_then(|mut r| r.get_mut("event").map(Value::take))
+        {
+            Some(Value::String(raw)) => parse_line(&raw, line),
+            Some(ev @ Value::Object(_)) => Line::Events(vec![ev]),
+            _ => Line::Invalid(format!(
+                "line {}: not a dead-letter record (no \"event\")",
+                line + 1
+            )),
         },
+        Line::Events(_) => Line::Invalid(format!("line {}: not a dead-letter record", line + 1)),
+        other => other,
+    }
+}
+
+/// A line that is not an event (or events): dead-lettered with its text and the reason.
+fn invalid_line(line: u64, version: &Arc<str>, text: &str, reason: String) -> Item {
+    Item::Invalid {
+        line,
+        version: version.clone(),
+        raw: text.trim_end().to_string(),
+        reason,
     }
 }
 
@@ -360,14 +366,9 @@ fn process_chunk(job: Job, kind: InputKind) -> Vec<Item> {
             }
         };
         if kind == InputKind::DeadLetters {
-            match line_events(&text, line, kind) {
+            match dead_letter_events(&text, line) {
                 Line::Blank => {}
-                Line::Invalid(reason) => items.push(Item::Invalid {
-                    line,
-                    version: version.clone(),
-                    raw: text.trim_end().to_string(),
-                    reason,
-                }),
+                Line::Invalid(reason) => items.push(invalid_line(line, &version, &text, reason)),
                 Line::Events(events) => {
                     for ev in events {
                         items.push(Item::Event {
@@ -384,12 +385,7 @@ fn process_chunk(job: Job, kind: InputKind) -> Vec<Item> {
         let (events, envelope) = parse_line_view(&text, line);
         match events {
             LineView::Blank => {}
-            LineView::Invalid(reason) => items.push(Item::Invalid {
-                line,
-                version: version.clone(),
-                raw: text.trim_end().to_string(),
-                reason,
-            }),
+            LineView::Invalid(reason) => items.push(invalid_line(line, &version, &text, reason)),
             LineView::Events(events) if events.len() == 1 && !envelope => {
                 // One event per line (the common case): the line's text stands for the
                 // event in a dead letter; the view borrows from it.

@@ -334,10 +334,6 @@ impl RowText {
         &self.json[m.start as usize..m.colon as usize]
     }
 
-    fn member(&self, m: Member) -> &[u8] {
-        &self.json[m.start as usize..m.end as usize]
-    }
-
     fn value(&self, m: Member) -> &[u8] {
         &self.json[m.colon as usize + 1..m.end as usize]
     }
@@ -469,9 +465,7 @@ fn merge_members(
     }
     for (j, m) in bm.iter().enumerate() {
         if !used[j] {
-            let whole = b.member(*m);
-            let colon = (m.colon - m.start) as usize;
-            push(out, &whole[..colon], &whole[colon + 1..]);
+            push(out, b.name(*m), b.value(*m));
         }
     }
     out.push(b'}');

@@ -19,7 +19,6 @@ use sfmc_relay::corpus::{self, CorpusConfig};
 use sfmc_relay::rules;
 use sfmc_relay::sim::{self, SimConfig};
 use sfmc_relay::source::kafka::{ConsumeStats, client_config};
-use std::collections::HashMap;
 use std::sync::Arc;
 use std::sync::atomic::Ordering;
 use std::time::{Duration, Instant};
@@ -96,15 +95,7 @@ async fn main() -> anyhow::Result<()> {
         .map_err(|e| anyhow::anyhow!("rules: {e:?}"))?
         .program,
     );
-    let env: HashMap<String, String> = [
-        ("SFMC_CLIENT_ID", "bench"),
-        ("SFMC_CLIENT_SECRET", "bench"),
-        ("SFMC_AUTH_URL", sim.base_url()),
-        ("SFMC_REST_URL", sim.base_url()),
-    ]
-    .into_iter()
-    .map(|(k, v)| (k.to_string(), v.to_string()))
-    .collect();
+    let env = sim.client_env();
 
     for relays in [1usize, 2] {
         sim.reset();

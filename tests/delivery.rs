@@ -31,7 +31,7 @@ async fn start_sim(yaml: &str) -> SimHandle {
 
 /// Environment pointing the relay at `sim` (legacy v1 unless `extra` sets a subdomain).
 fn env_for(sim: &SimHandle, extra: &[(&str, &str)]) -> HashMap<String, String> {
-    let mut env = sim_env(sim);
+    let mut env = sim.client_env();
     for (k, v) in extra {
         env.insert(k.to_string(), v.to_string());
     }

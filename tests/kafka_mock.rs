@@ -131,7 +131,7 @@ fn start_relay(
         ("client.id", name.to_string()),
     ];
     let kafka = client_config(consume::DEFAULTS, None, &[], &forced).expect("client config");
-    let env = sim_env(sim);
+    let env = sim.client_env();
     let (tx, rx) = oneshot::channel::<()>();
     let stats = Arc::new(ConsumeStats::default());
     let dead = dir.join(format!("{name}.deadletter.ndjson"));
@@ -369,7 +369,7 @@ async fn a_killed_relay_process_s_partitions_are_taken_over_without_loss() {
             .args(["--no-watch", "--quiet", "--dead-letter"])
             .arg(dir.path().join(format!("{name}.deadletter.ndjson")))
             .env_clear()
-            .envs(sim_env(&sim))
+            .envs(sim.client_env())
             .env("SFMC_RELAY_KAFKA_SESSION_TIMEOUT_MS", "3000")
             .env("SFMC_RELAY_KAFKA_HEARTBEAT_INTERVAL_MS", "200")
             .env("RUST_LOG", "warn,sfmc_relay=info")

@@ -54,6 +54,21 @@ impl SimHandle {
         self.state.base_url()
     }
 
+    /// The environment that points a relay at this simulator: its base URL for the auth
+    /// and REST endpoints (legacy v1), and credentials it accepts when no `clients` are
+    /// configured. For tests and benchmarks that run the relay in-process.
+    pub fn client_env(&self) -> std::collections::HashMap<String, String> {
+        [
+            ("SFMC_CLIENT_ID", "sim-client"),
+            ("SFMC_CLIENT_SECRET", "sim-secret"),
+            ("SFMC_AUTH_URL", self.base_url()),
+            ("SFMC_REST_URL", self.base_url()),
+        ]
+        .into_iter()
+        .map(|(k, v)| (k.to_string(), v.to_string()))
+        .collect()
+    }
+
     /// Shared state, for inspection and control from Rust.
     pub fn state(&self) -> &Arc<SimState> {
         &self.state

@@ -6,7 +6,6 @@ pub mod kafka;
 pub mod workload;
 
 use serde_json::{Value, json};
-use std::collections::HashMap;
 use std::path::{Path, PathBuf};
 
 /// The repository root.
@@ -119,17 +118,4 @@ pub fn find_row<'a>(rows: &'a [Value], keys: &serde_json::Map<String, Value>) ->
                     .any(|(rk, rv)| rk.eq_ignore_ascii_case(k) && rv == v)
             })
     })
-}
-
-/// Environment pointing a relay at `sim` (legacy v1 endpoints; any credentials).
-pub fn sim_env(sim: &sfmc_relay::sim::SimHandle) -> HashMap<String, String> {
-    [
-        ("SFMC_CLIENT_ID", "test-client"),
-        ("SFMC_CLIENT_SECRET", "test-secret"),
-        ("SFMC_AUTH_URL", sim.base_url()),
-        ("SFMC_REST_URL", sim.base_url()),
-    ]
-    .into_iter()
-    .map(|(k, v)| (k.to_string(), v.to_string()))
-    .collect()
 }

@@ -15,8 +15,8 @@
 
 use crate::commands::transform;
 use crate::rules::{self, SourceFile};
+use crate::source::lines::LineReader;
 use std::collections::HashMap;
-use std::io::BufReader;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
@@ -105,7 +105,7 @@ pub fn actual_output(default_rules: Option<&Path>, dir: &Path) -> Result<String,
     let program = Arc::new(loaded.program);
     let input = std::fs::File::open(dir.join("input.ndjson")).map_err(|e| e.to_string())?;
     let mut out = Vec::new();
-    transform::run(&mut BufReader::new(input), &mut out, &mut || {
+    transform::run(&mut LineReader::new(input), &mut out, &mut || {
         program.clone()
     })
     .map_err(|e| e.to_string())?;

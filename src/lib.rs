@@ -7,6 +7,7 @@ pub mod commands;
 pub mod corpus;
 pub mod event;
 pub mod golden;
+pub mod pipeline;
 pub mod rules;
 pub mod sfmc;
 pub mod sim;

@@ -10,7 +10,8 @@ use sfmc_relay::commands;
 use sfmc_relay::commands::run::{InputKind, RunError, RunOptions};
 use sfmc_relay::rules::live::LiveRules;
 use sfmc_relay::rules::{self, RuleErrors};
-use std::io::{BufReader, Read, Write as _};
+use sfmc_relay::source::lines::{LineReader, open_input};
+use std::io::Write as _;
 use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 use std::sync::Arc;
@@ -431,7 +432,7 @@ fn explain(rules_dir: Option<&Path>, input: Option<&Path>) -> ExitCode {
         }
     };
     let mut reader = match open_input(input) {
-        Ok(r) => BufReader::new(r),
+        Ok(r) => LineReader::new(r),
         Err(e) => {
             eprintln!("sfmc-relay: {e}");
             return ExitCode::from(exit::IO);
@@ -468,15 +469,6 @@ fn load_rules(dir: Option<&Path>) -> Result<rules::Loaded, RuleErrors> {
     Ok(loaded)
 }
 
-fn open_input(path: Option<&Path>) -> std::io::Result<Box<dyn Read>> {
-    Ok(match path {
-        Some(p) => Box::new(std::fs::File::open(p).map_err(|e| {
-            std::io::Error::new(e.kind(), format!("cannot open {}: {e}", p.display()))
-        })?),
-        None => Box::new(std::io::stdin()),
-    })
-}
-
 fn transform(rules_dir: Option<PathBuf>, input: Option<&Path>, watch: bool) -> ExitCode {
     let live = match LiveRules::start(rules_dir, watch) {
         Ok(l) => l,
@@ -486,7 +478,7 @@ fn transform(rules_dir: Option<PathBuf>, input: Option<&Path>, watch: bool) -> E
         }
     };
     let mut reader = match open_input(input) {
-        Ok(r) => BufReader::with_capacity(64 * 1024, r),
+        Ok(r) => LineReader::new(r),
         Err(e) => {
             eprintln!("sfmc-relay: {e}");
             return ExitCode::from(exit::IO);

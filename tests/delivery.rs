@@ -480,6 +480,20 @@ async fn bad_rows_are_isolated_and_dead_lettered_with_sfmc_message() {
         .collect();
     let want: BTreeSet<String> = bad.iter().map(|i| format!("u-{i}")).collect();
     assert_eq!(users, want);
+    // Each record names the 1-based line its event was on (event 18 shares line 18 with
+    // event 17, in one envelope); regression: `line` was 0-based while reasons said 1-based.
+    let lines: BTreeSet<(String, u64)> = dl
+        .iter()
+        .map(|d| {
+            let user = d["event"]["userId"].as_str().unwrap().to_string();
+            (user, d["line"].as_u64().expect("line"))
+        })
+        .collect();
+    let want_lines: BTreeSet<(String, u64)> = [(3, 4), (17, 18), (18, 18), (60, 60), (149, 149)]
+        .into_iter()
+        .map(|(i, l)| (format!("u-{i}"), l))
+        .collect();
+    assert_eq!(lines, want_lines);
     for d in &dl {
         let reason = d["reason"].as_str().unwrap();
         assert!(
@@ -634,4 +648,49 @@ async fn rejected_credentials_dead_letter_everything_without_the_secret() {
         "{text}"
     );
     assert!(!s.render().contains(secret));
+}
+
+/// A dead-letter record's `line` and its reason name the same (1-based) line, for input
+/// that is not JSON, not an object, not UTF-8 and over the line limit (regression: `line`
+/// was 0-based while the reason said "line N", 1-based).
+#[tokio::test(flavor = "multi_thread")]
+async fn dead_letter_line_is_the_line_its_reason_names() {
+    let dir = rules_dir(&Settings::default());
+    let program = load(dir.path());
+    let sim = start_sim("").await;
+    let tmp = tempfile::tempdir().unwrap();
+    let input = tmp.path().join("in.ndjson");
+    let dead = tmp.path().join("dead.ndjson");
+    let mut bytes = Vec::new();
+    bytes.extend_from_slice(
+        identify("u-1", json!({"email": "a@b.c"}))
+            .to_string()
+            .as_bytes(),
+    );
+    bytes.extend_from_slice(b"\n{not json\n[1,2]\n\n\xff\xfe\n");
+    bytes.extend(std::iter::repeat_n(b'x', 1024 * 1024 + 10));
+    bytes.push(b'\n');
+    std::fs::write(&input, bytes).unwrap();
+    let s = deliver(&program, &input, &dead, env_for(&sim, &[])).await;
+    assert_accounted(&s);
+    assert_eq!((s.delivered, s.dead_lettered), (1, 4), "{}", s.render());
+    let lines: Vec<(u64, String)> = dead_letters(&dead)
+        .iter()
+        .map(|d| {
+            (
+                d["line"].as_u64().expect("line"),
+                d["reason"].as_str().unwrap().to_string(),
+            )
+        })
+        .collect();
+    assert_eq!(
+        lines.iter().map(|(l, _)| *l).collect::<Vec<_>>(),
+        [2, 3, 5, 6]
+    );
+    for (line, reason) in &lines {
+        assert!(
+            reason.starts_with(&format!("line {line}: ")),
+            "{line}: {reason}"
+        );
+    }
 }

@@ -13,7 +13,7 @@ use sfmc_relay::rules::casing::{Casing, Style};
 use sfmc_relay::rules::program::PrimaryKey;
 use sfmc_relay::rules::{self, Program};
 use std::collections::{BTreeMap, HashMap};
-use std::io::BufReader;
+
 use std::path::Path;
 use std::sync::Arc;
 
@@ -204,7 +204,7 @@ fn primary_keys(p: &Program) -> HashMap<String, Vec<String>> {
 
 fn transform_lines(program: &Arc<Program>, input: &str) -> Vec<Value> {
     let mut out = Vec::new();
-    let mut reader = BufReader::new(input.as_bytes());
+    let mut reader = sfmc_relay::source::lines::LineReader::new(input.as_bytes());
     let p = program.clone();
     transform::run(&mut reader, &mut out, &mut || p.clone()).expect("transform");
     String::from_utf8(out)

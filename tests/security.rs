@@ -360,7 +360,6 @@ async fn a_ten_megabyte_line_is_rejected_and_the_stream_goes_on() {
 #[test]
 fn fuzz_regressions() {
     use sfmc_relay::commands::transform;
-    use std::io::BufReader;
     // transform_line: a lone vertical tab is a blank line (no output), not a crash.
     let program = std::sync::Arc::new(
         sfmc_relay::rules::load(None, &|_: &str| None, 1)
@@ -370,8 +369,12 @@ fn fuzz_regressions() {
     for input in [&b"\x0b"[..], b"\x0b\n", b"\xe2\x80\xa8\n"] {
         let mut out = Vec::new();
         let p = program.clone();
-        let counts =
-            transform::run(&mut BufReader::new(input), &mut out, &mut || p.clone()).unwrap();
+        let counts = transform::run(
+            &mut sfmc_relay::source::lines::LineReader::new(input),
+            &mut out,
+            &mut || p.clone(),
+        )
+        .unwrap();
         assert_eq!(counts.events, 0);
         assert!(out.is_empty(), "{}", String::from_utf8_lossy(&out));
     }

@@ -207,9 +207,21 @@ async fn segment_api_auth_gzip_limits_metrics() {
         metrics.contains("sfmc_relay_rules_info{version=\"r1-"),
         "{metrics}"
     );
+    // Why events were skipped (regression: serve dropped skip reasons, in /metrics and in
+    // its summary).
+    let by_reason: Vec<&str> = metrics
+        .lines()
+        .filter(|l| l.starts_with("sfmc_relay_events_skipped_by_reason_total{reason="))
+        .collect();
+    assert_eq!(by_reason.len(), 1, "{metrics}");
+    assert!(
+        by_reason[0].contains("page") && by_reason[0].ends_with("} 1"),
+        "{metrics}"
+    );
 
     let status = relay.terminate(Duration::from_secs(20));
     assert!(status.success(), "{status:?}\n{}", relay.log());
+    assert!(relay.log().contains("skipped: 1 × "), "{}", relay.log());
 }
 
 /// N events, SIGKILL while delivery is slow, restart on the same spool: every event

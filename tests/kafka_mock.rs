@@ -744,3 +744,67 @@ async fn duplicate_api_events_are_dropped_within_the_window() {
     assert_eq!(sb.delivered, twice.len() as u64);
     assert_eq!(sim.api_events().len(), 2 * users);
 }
+
+/// `produce` reads through the one line reader: a line over 1 MiB is refused with its
+/// 1-based line number and the lines around it are written (regression: `produce` had no
+/// limit and held the whole line).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn produce_refuses_lines_over_the_limit_and_goes_on() {
+    let mock = mock();
+    let dir = tempfile::tempdir().unwrap();
+    let input = dir.path().join("big.ndjson");
+    let mut text = signup("u-1", "pro").to_string();
+    text.push('\n');
+    text.push_str(&"x".repeat(sfmc_relay::event::MAX_LINE_BYTES + 1));
+    text.push('\n');
+    text.push_str(&signup("u-2", "pro").to_string());
+    text.push('\n');
+    std::fs::write(&input, text).unwrap();
+    let kafka = client_config(
+        produce::DEFAULTS,
+        None,
+        &[],
+        &[("bootstrap.servers", mock.servers.clone())],
+    )
+    .unwrap();
+    let summary = produce::produce(ProduceOptions {
+        topic: TOPIC.to_string(),
+        kafka,
+        input: Some(input),
+    })
+    .await
+    .expect("produce");
+    assert_eq!(
+        (summary.lines, summary.written, summary.invalid),
+        (3, 2, 1),
+        "{summary:?}"
+    );
+}
+
+/// `consume` counts skip reasons in the pipeline's bounded table (regression: one map
+/// entry per distinct reason text, without bound), and every skipped event is counted.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn consume_skip_reasons_are_bounded() {
+    let mock = mock();
+    let dir = tempfile::tempdir().unwrap();
+    let sim = start_sim(Faults::default()).await;
+    let rules = rules_dir(&Settings::default());
+    let program = load(rules.path());
+    let a = start_relay(&mock, "g", &program, &sim, dir.path(), "a", Opts::default());
+    wait_until("a assigned", Duration::from_secs(30), || a.assigned() > 0).await;
+    let n = 300;
+    let events: Vec<Value> = (0..n)
+        .map(|i| json!({"type": "track", "userId": format!("u-{i}"), "event": format!("Unmapped {i}")}))
+        .collect();
+    produce_events(&mock, dir.path(), &events).await;
+    wait_until("all read", Duration::from_secs(30), || {
+        a.stats.messages.load(Ordering::Relaxed) == n as u64
+    })
+    .await;
+    let s = a.stop().await;
+    assert_eq!(s.skipped, n as u64, "{}", s.render());
+    assert_eq!(s.skip_reasons.total(), n as u64);
+    assert!(s.skip_reasons.top().len() <= sfmc_relay::pipeline::SKIP_REASONS_KEPT);
+    assert!(s.skip_reasons.other() > 0);
+    assert!(s.render().contains("other reason(s)"), "{}", s.render());
+}

@@ -127,6 +127,7 @@ async fn main() -> anyhow::Result<()> {
                 max_in_flight: consume::DEFAULT_MAX_IN_FLIGHT,
                 dedup_window: consume::DEFAULT_DEDUP_WINDOW,
                 env: Arc::new(move |k: &str| env.get(k).cloned()),
+                state_dir: None,
                 shutdown: Box::pin(async move {
                     let _ = rx.await;
                 }),

@@ -37,6 +37,8 @@ pub struct Call {
 
 pub const CONTACTS_PATH: &str = "/contacts/v1/contacts";
 pub const EVENTS_PATH: &str = "/interaction/v1/events";
+/// Many contacts in one call (the sink's contact lane).
+pub const ESTABLISH_PATH: &str = "/contacts/v1/establish";
 
 /// `/hub/v1/dataevents/key:{key}/rowset`, with the key percent-encoded as a path segment.
 pub fn rowset_path(data_extension: &str) -> String {

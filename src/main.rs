@@ -205,6 +205,10 @@ struct DeliveryArgs {
     /// Do not watch the rules directory for changes (SIGHUP still reloads)
     #[arg(long)]
     no_watch: bool,
+    /// Where state kept across runs lives (Contact Keys known to exist, so a restart does
+    /// not create them again); default: the dead-letter file's directory
+    #[arg(long, value_name = "DIR")]
+    state_dir: Option<PathBuf>,
 }
 
 #[derive(clap::Args)]
@@ -551,6 +555,7 @@ fn deliver(
         requests_per_second: args.requests_per_second,
         progress: !args.quiet,
         env: Arc::new(|k: &str| std::env::var(k).ok()),
+        state_dir: args.state_dir,
     };
     let source = live.clone();
     let result = runtime().block_on(commands::run::run(Arc::new(move || source.current()), opts));
@@ -736,6 +741,7 @@ mod kafka_cli {
             max_in_flight: flow.max_in_flight,
             dedup_window: flow.dedup_window,
             env: Arc::new(|k: &str| std::env::var(k).ok()),
+            state_dir: delivery.state_dir,
             shutdown: Box::pin(sfmc_relay::commands::run::wait_for_signal()),
             stats: Default::default(),
         };

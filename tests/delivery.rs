@@ -57,6 +57,7 @@ impl Run {
             requests_per_second: None,
             progress: false,
             env: Arc::new(move |k: &str| env.get(k).cloned()),
+            state_dir: None,
         };
         run(Arc::new(move || program.clone()), opts).await
     }

@@ -146,6 +146,7 @@ fn start_relay(
         max_in_flight: o.max_in_flight,
         dedup_window: o.dedup_window,
         env: Arc::new(move |k: &str| env.get(k).cloned()),
+        state_dir: None,
         shutdown: Box::pin(async move {
             let _ = rx.await;
         }),

@@ -497,6 +497,7 @@ async fn landed(events: &[Value], batch_rows: usize, tmp: &Path) -> BTreeMap<Str
             "SFMC_AUTH_URL" | "SFMC_REST_URL" => Some(base.clone()),
             _ => None,
         }),
+        state_dir: None,
     };
     let summary = run(Arc::new(move || program.clone()), opts).await.unwrap();
     assert_eq!(summary.dead_lettered, 0, "{}", summary.render());

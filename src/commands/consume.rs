@@ -44,6 +44,9 @@ pub struct ConsumeOptions {
     /// (0: off).
     pub dedup_window: usize,
     pub env: EnvSource,
+    /// Where state kept across runs lives (Contact Keys known to exist); `None`: the
+    /// dead-letter file's directory.
+    pub state_dir: Option<PathBuf>,
     /// When to stop (then: no more reading, flush, commit, leave the group).
     pub shutdown: Shutdown,
     /// Counters, readable while it runs.
@@ -83,6 +86,7 @@ pub async fn consume(rules: RuleSource, opts: ConsumeOptions) -> Result<RunSumma
     p.requests_per_second = opts.requests_per_second;
     p.dedup_window = opts.dedup_window;
     p.unit = "messages";
+    p.state_dir = opts.state_dir.clone();
     if let Some(t) = &dead_topic {
         let t = t.clone();
         p.dead_letter_tee = Some(Box::new(move |event, record| t.send(event, record)));

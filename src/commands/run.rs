@@ -30,6 +30,9 @@ pub struct RunOptions {
     pub progress: bool,
     /// Environment lookup for credentials and endpoints.
     pub env: EnvSource,
+    /// Where state kept across runs lives (Contact Keys known to exist); `None`: the
+    /// dead-letter file's directory.
+    pub state_dir: Option<PathBuf>,
 }
 
 /// Run the relay until the input ends or a signal arrives.
@@ -43,6 +46,7 @@ pub async fn run(rules: RuleSource, opts: RunOptions) -> Result<RunSummary, RunE
     let mut p = PipelineOptions::new(framing, opts.dead_letter, opts.env);
     p.requests_per_second = opts.requests_per_second;
     p.progress = opts.progress;
+    p.state_dir = opts.state_dir;
     let pipeline = Pipeline::start(rules, p).await?;
     let lines_read = Arc::new(AtomicU64::new(0));
     let reader = {

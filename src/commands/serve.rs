@@ -51,6 +51,8 @@ pub async fn serve(rules: RuleSource, opts: ServeOptions) -> Result<RunSummary, 
     p.requests_per_second = opts.requests_per_second;
     p.drain_timeout = Some(opts.drain_timeout);
     p.unit = "events";
+    // The contact cache's state lives with the spool.
+    p.state_dir = Some(opts.spool.dir.clone());
     let pipeline = Pipeline::start(rules.clone(), p).await?;
     let program = pipeline.program().clone();
     let (spool, report) = Spool::open(opts.spool.clone()).map_err(|e| {

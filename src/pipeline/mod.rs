@@ -101,6 +101,9 @@ pub struct PipelineOptions {
     pub workers: Option<usize>,
     /// What an input unit is called in the summary (`lines`, `messages`, `events`).
     pub unit: &'static str,
+    /// Where state kept across runs lives (the contact cache); `None`: the dead-letter
+    /// file's directory.
+    pub state_dir: Option<PathBuf>,
 }
 
 impl PipelineOptions {
@@ -118,6 +121,7 @@ impl PipelineOptions {
             drain_timeout: None,
             workers: None,
             unit: "lines",
+            state_dir: None,
         }
     }
 }
@@ -147,9 +151,19 @@ impl Pipeline {
         }
         let dead = Arc::new(dead);
         let counters = Arc::new(Counters::default());
+        let mut config = sink_config(&program);
+        if let Some(tenant) = &target.tenant {
+            let dir = opts.state_dir.clone().unwrap_or_else(|| {
+                opts.dead_letter
+                    .parent()
+                    .map(PathBuf::from)
+                    .unwrap_or_default()
+            });
+            config.contact_state = Some(dir.join(format!("sfmc-relay.contacts.{tenant}.ndjson")));
+        }
         let sink = Sink::new(
             target.client.clone(),
-            sink_config(&program),
+            config,
             dead.clone(),
             counters.clone(),
         );

@@ -13,6 +13,9 @@ pub struct Target {
     pub client: SfmcClient,
     /// The built-in simulator, when no credentials were set.
     pub sim: Option<SimHandle>,
+    /// A short stable name of the account (hosts, MID, client id; never the secret), for
+    /// state kept across runs; `None` for the built-in simulator (fresh every run).
+    pub tenant: Option<String>,
 }
 
 /// The SFMC client for `program`'s delivery settings and the environment's credentials;
@@ -76,6 +79,7 @@ delivering to the built-in SFMC simulator at {} (nothing leaves this machine)",
         return Ok(Target {
             client,
             sim: Some(handle),
+            tenant: None,
         });
     }
     let subdomain = env("SFMC_SUBDOMAIN").or_else(|| program.settings.subdomain.clone());
@@ -85,6 +89,24 @@ delivering to the built-in SFMC simulator at {} (nothing leaves this machine)",
         env("SFMC_REST_URL").as_deref(),
     )
     .map_err(|e| RunError::Config(e.to_string()))?;
+    let tenant = {
+        // FNV-1a over what names the account: stable across runs and versions.
+        let mut h: u64 = 0xcbf2_9ce4_8422_2325;
+        for part in [
+            subdomain.clone().unwrap_or_default(),
+            env("SFMC_AUTH_URL").unwrap_or_default(),
+            env("SFMC_REST_URL").unwrap_or_default(),
+            env("SFMC_ACCOUNT_ID")
+                .or_else(|| program.settings.account_id.clone())
+                .unwrap_or_default(),
+            env("SFMC_CLIENT_ID").unwrap_or_default(),
+        ] {
+            for b in part.bytes().chain([0u8]) {
+                h = (h ^ u64::from(b)).wrapping_mul(0x0100_0000_01b3);
+            }
+        }
+        format!("{h:016x}")
+    };
     let creds = Credentials {
         client_id: env("SFMC_CLIENT_ID").unwrap_or_default(),
         client_secret: env("SFMC_CLIENT_SECRET").unwrap_or_default().into(),
@@ -92,7 +114,11 @@ delivering to the built-in SFMC simulator at {} (nothing leaves this machine)",
     };
     let client =
         SfmcClient::new(endpoints, creds, config).map_err(|e| RunError::Config(e.to_string()))?;
-    Ok(Target { client, sim: None })
+    Ok(Target {
+        client,
+        sim: None,
+        tenant: Some(tenant),
+    })
 }
 
 /// The sink settings from the rules' `delivery:` section.
@@ -104,5 +130,7 @@ pub fn sink_config(program: &Program) -> SinkConfig {
         linger: d.linger,
         lanes: d.max_in_flight.max(1),
         contact_cache: d.contact_cache,
+        contact_batch: SinkConfig::default().contact_batch,
+        contact_state: None,
     }
 }

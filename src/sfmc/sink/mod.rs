@@ -36,7 +36,7 @@ use super::deadletter::{DeadLetters, Failure};
 use crate::action::{Action, CONTACTS_PATH};
 use crate::source::Origin;
 use bytes::Bytes;
-use contacts::ContactCache;
+use contacts::{ContactCache, ContactMsg, ContactState};
 use lanes::RowMsg;
 use prepare::{PreparedAction, PreparedRow};
 use serde_json::Value;
@@ -55,6 +55,11 @@ pub struct SinkConfig {
     /// Parallel lanes per data extension (rows of one primary key always share a lane).
     pub lanes: usize,
     pub contact_cache: usize,
+    /// Contact Keys per `/contacts/v1/establish` call; 1 = one `/contacts/v1/contacts` call
+    /// per key.
+    pub contact_batch: usize,
+    /// Where Contact Keys known to exist are kept across restarts (none: memory only).
+    pub contact_state: Option<std::path::PathBuf>,
 }
 
 impl Default for SinkConfig {
@@ -65,6 +70,8 @@ impl Default for SinkConfig {
             linger: Duration::from_millis(200),
             lanes: 4,
             contact_cache: 100_000,
+            contact_batch: 1,
+            contact_state: None,
         }
     }
 }
@@ -88,11 +95,20 @@ struct Shared {
     dead: Arc<DeadLetters>,
     counters: Arc<Counters>,
     contacts: Mutex<ContactCache>,
+    contact_state: Option<ContactState>,
     /// First dead-letter write error (fatal: reported at the end).
     io_error: Mutex<Option<String>>,
 }
 
 impl Shared {
+    /// A key whose creation failed: create it again next time.
+    fn forget_contact(&self, key: &str) {
+        self.contacts
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .forget(key);
+    }
+
     fn dead_letter(&self, origin: &Origin, version: &str, event: &Value, f: &Failure) {
         self.counters.dead_lettered.fetch_add(1, Ordering::Relaxed);
         if let Err(e) = self.dead.write(origin, version, event, f) {
@@ -120,6 +136,8 @@ pub struct Submission {
 pub struct Sink {
     shared: Arc<Shared>,
     lanes: std::collections::HashMap<(String, usize), mpsc::Sender<RowMsg>>,
+    /// The contact lane, started with the first new Contact Key (batched contacts only).
+    contact_lane: Option<mpsc::Sender<ContactMsg>>,
     tasks: JoinSet<()>,
     permits: Arc<Semaphore>,
 }
@@ -133,16 +151,31 @@ impl Sink {
     ) -> Self {
         let cap = config.contact_cache;
         let permits = Arc::new(Semaphore::new(256));
+        let mut cache = ContactCache::new(cap);
+        let contact_state = config.contact_state.as_deref().and_then(
+            |path| match ContactState::open(path, &mut cache) {
+                Ok(s) => Some(s),
+                Err(e) => {
+                    tracing::warn!(
+                        "contact state file {}: {e}: Contact Keys are remembered in memory only",
+                        path.display()
+                    );
+                    None
+                }
+            },
+        );
         Sink {
             shared: Arc::new(Shared {
                 client,
                 config,
                 dead,
                 counters,
-                contacts: Mutex::new(ContactCache::new(cap)),
+                contacts: Mutex::new(cache),
+                contact_state,
                 io_error: Mutex::new(None),
             }),
             lanes: Default::default(),
+            contact_lane: None,
             tasks: JoinSet::new(),
             permits,
         }
@@ -203,6 +236,10 @@ impl Sink {
                         ticket.done(Ok(()));
                         continue;
                     }
+                    if self.shared.config.contact_batch > 1 {
+                        self.route_contact(contact_key, ticket.clone()).await;
+                        continue;
+                    }
                     let shared = self.shared.clone();
                     let t = ticket.clone();
                     self.spawn(async move {
@@ -216,12 +253,13 @@ impl Sink {
                             .expect("JSON values serialize"),
                         );
                         let r = send::send_one(&shared, CONTACTS_PATH, body).await;
-                        if r.is_err() {
-                            shared
-                                .contacts
-                                .lock()
-                                .unwrap_or_else(|e| e.into_inner())
-                                .forget(&contact_key);
+                        match &r {
+                            Ok(()) => {
+                                if let Some(state) = &shared.contact_state {
+                                    state.record(std::slice::from_ref(&contact_key));
+                                }
+                            }
+                            Err(_) => shared.forget_contact(&contact_key),
                         }
                         t.done(r);
                     })
@@ -253,6 +291,22 @@ impl Sink {
         });
     }
 
+    async fn route_contact(&mut self, key: String, ticket: Arc<Ticket>) {
+        let tx = match &self.contact_lane {
+            Some(tx) => tx,
+            None => {
+                let (tx, rx) = mpsc::channel(self.shared.config.contact_batch * 2);
+                self.tasks
+                    .spawn(contacts::contact_lane(self.shared.clone(), rx));
+                self.contact_lane.insert(tx)
+            }
+        };
+        if let Err(mpsc::error::SendError(m)) = tx.send(ContactMsg { key, ticket }).await {
+            m.ticket
+                .done(Err(Failure::rejected("internal: contact lane stopped")));
+        }
+    }
+
     async fn route_row(&mut self, row: PreparedRow, ticket: Arc<Ticket>) {
         let lanes = self.shared.config.lanes.max(1);
         let lane = (row.hash % lanes as u64) as usize;
@@ -282,6 +336,7 @@ impl Sink {
     /// Returns the first dead-letter write error, if any (data could not be saved).
     pub async fn finish(mut self) -> Result<(), String> {
         self.lanes.clear();
+        self.contact_lane = None;
         while self.tasks.join_next().await.is_some() {}
         match self
             .shared

@@ -8,6 +8,7 @@ use clap::{Parser, Subcommand};
 static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
 use sfmc_relay::commands;
 use sfmc_relay::commands::run::{InputKind, RunError, RunOptions};
+use sfmc_relay::env::Env;
 use sfmc_relay::rules::live::LiveRules;
 use sfmc_relay::rules::{self, RuleErrors};
 use std::io::{BufReader, Read, Write as _};
@@ -406,7 +407,7 @@ fn main() -> ExitCode {
 }
 
 fn check(rules_dir: Option<&Path>, format: Format) -> ExitCode {
-    let report = commands::check::check(rules_dir, &rules::process_env);
+    let report = commands::check::check(rules_dir, &Env::process());
     let what = rules_dir.map_or(rules::EMBEDDED_NAME.to_string(), |d| {
         d.display().to_string()
     });
@@ -461,7 +462,7 @@ fn test(rules_dir: Option<&Path>, cases: &Path, update: bool) -> ExitCode {
 }
 
 fn load_rules(dir: Option<&Path>) -> Result<rules::Loaded, RuleErrors> {
-    let loaded = rules::load(dir, &rules::process_env, 1)?;
+    let loaded = rules::load(dir, &Env::process(), 1)?;
     for w in &loaded.warnings {
         eprintln!("{w}");
     }
@@ -558,7 +559,7 @@ fn deliver(
         dead_letter: args.dead_letter,
         requests_per_second: args.requests_per_second,
         progress: !args.quiet,
-        env: Arc::new(|k: &str| std::env::var(k).ok()),
+        env: Env::process(),
     };
     let source = live.clone();
     let result = runtime().block_on(commands::run::run(Arc::new(move || source.current()), opts));
@@ -586,7 +587,7 @@ fn serve(args: ServeArgs) -> ExitCode {
         requests_per_second: args.requests_per_second,
         write_keys,
         drain_timeout: std::time::Duration::from_secs(args.drain_timeout),
-        env: Arc::new(|k: &str| std::env::var(k).ok()),
+        env: Env::process(),
         reload_failures: Default::default(),
     };
     let rt = runtime();
@@ -743,7 +744,7 @@ mod kafka_cli {
             flush_timeout,
             max_in_flight: flow.max_in_flight,
             dedup_window: flow.dedup_window,
-            env: Arc::new(|k: &str| std::env::var(k).ok()),
+            env: Env::process(),
             shutdown: Box::pin(sfmc_relay::commands::run::wait_for_signal()),
             stats: Default::default(),
         };

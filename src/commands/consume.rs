@@ -10,7 +10,8 @@
 //! owner.
 
 use crate::action::Action;
-use crate::commands::run::{self, EnvSource, RuleSource, RunError, RunSummary};
+use crate::commands::run::{self, RuleSource, RunError, RunSummary};
+use crate::env::Env;
 use crate::event::{Line, parse_line};
 use crate::sfmc::deadletter::DeadLetters;
 use crate::sfmc::sink::{Completion, Counters, Sink};
@@ -52,7 +53,7 @@ pub struct ConsumeOptions {
     /// Drop a Journey Builder API event whose messageId was among the last this many
     /// (0: off).
     pub dedup_window: usize,
-    pub env: EnvSource,
+    pub env: Env,
     /// When to stop (then: no more reading, flush, commit, leave the group).
     pub shutdown: Shutdown,
     /// Counters, readable while it runs.

@@ -6,6 +6,7 @@
 //! the [`Sink`] and counts outcomes. Rejected events and failed deliveries go to the
 //! dead-letter file.
 
+use crate::env::Env;
 use crate::event::{
     Line, LineView, MAX_LINE_BYTES, ReadLine, parse_line, parse_line_view, preview,
     read_line_limited, too_long_reason,
@@ -29,9 +30,6 @@ use tokio::sync::mpsc;
 /// Where the current rule set comes from (a fixed program, or hot-reloaded rules).
 pub type RuleSource = Arc<dyn Fn() -> Arc<Program> + Send + Sync>;
 
-/// Environment lookup (the process environment, or a map in tests).
-pub type EnvSource = Arc<dyn Fn(&str) -> Option<String> + Send + Sync>;
-
 /// How the input lines are read.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum InputKind {
@@ -50,7 +48,7 @@ pub struct RunOptions {
     /// Progress line on stderr (only drawn when stderr is a terminal).
     pub progress: bool,
     /// Environment lookup for credentials and endpoints.
-    pub env: EnvSource,
+    pub env: Env,
 }
 
 /// What a run did.
@@ -190,10 +188,10 @@ pub struct Target {
 /// Shared by `run`, `replay` and `serve`.
 pub async fn target(
     program: &Program,
-    env: &EnvSource,
+    env: &Env,
     requests_per_second: Option<u32>,
 ) -> Result<Target, RunError> {
-    let env = |k: &str| env(k).filter(|v| !v.is_empty());
+    let env = |k: &str| env.get(k).filter(|v| !v.is_empty());
     let d = &program.settings.delivery;
     let rps = requests_per_second
         .or(Some(d.requests_per_second.unwrap_or(0)))

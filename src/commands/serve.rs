@@ -12,8 +12,9 @@
 //! Whatever was not handed to the sink stays in the spool for the next start.
 
 use super::run::{
-    EnvSource, RuleSource, RunError, RunSummary, Work, sink_config, target, wait_for_signal, work,
+    RuleSource, RunError, RunSummary, Work, sink_config, target, wait_for_signal, work,
 };
+use crate::env::Env;
 use crate::sfmc::deadletter::DeadLetters;
 use crate::sfmc::sink::{Counters, Delivery, EventRef, Sink};
 use crate::source::http::{self, Ingest};
@@ -38,7 +39,7 @@ pub struct ServeOptions {
     pub write_keys: Vec<String>,
     /// How long a shutdown waits for in-flight deliveries.
     pub drain_timeout: Duration,
-    pub env: EnvSource,
+    pub env: Env,
     /// Counter the hot-reload hook increments on a failed reload (shown in /metrics).
     pub reload_failures: Arc<AtomicU64>,
 }

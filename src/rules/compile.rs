@@ -6,10 +6,11 @@
 use super::casing::{Casing, Style};
 use super::condition::{Condition, Op};
 use super::diag::{Diagnostic, Severity};
-use super::env::{EnvLookup, interpolate};
+use super::env::interpolate;
 use super::path::KeyPath;
 use super::program::*;
 use super::schema::*;
+use crate::env::Env;
 use regex::Regex;
 use serde_json::Value;
 use serde_saphyr::Location;
@@ -32,7 +33,7 @@ struct Parsed<'s> {
 /// Diagnostics sink bound to one file.
 struct Ctx<'a> {
     src: &'a SourceFile,
-    env: EnvLookup<'a>,
+    env: &'a Env,
     diags: &'a mut Vec<Diagnostic>,
 }
 
@@ -290,7 +291,7 @@ fn single<'p, T>(
 /// On success returns the program and any warnings; on failure every diagnostic.
 pub fn compile(
     files: &[SourceFile],
-    env: EnvLookup,
+    env: &Env,
     version: String,
 ) -> Result<(Program, Vec<Diagnostic>), Vec<Diagnostic>> {
     let mut diags = Vec::new();

@@ -5,6 +5,7 @@
 pub mod action;
 pub mod commands;
 pub mod corpus;
+pub mod defaults;
 pub mod env;
 pub mod event;
 pub mod golden;

@@ -61,10 +61,10 @@ pub struct ConsumeOptions {
 }
 
 /// Default of `--max-in-flight` (events).
-pub const DEFAULT_MAX_IN_FLIGHT: usize = 10_000;
+pub const DEFAULT_MAX_IN_FLIGHT: usize = crate::defaults::CONSUME_MAX_IN_FLIGHT;
 
 /// Default of `--dedup-window` (message ids).
-pub const DEFAULT_DEDUP_WINDOW: usize = 100_000;
+pub const DEFAULT_DEDUP_WINDOW: usize = crate::defaults::DEDUP_WINDOW;
 
 /// Settings the relay's guarantees depend on (not overridable).
 pub const FORCED: &[(&str, &str)] = &[

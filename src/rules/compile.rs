@@ -464,7 +464,12 @@ pub fn compile(
 
 fn compile_delivery(c: &mut Ctx, d: &DeliverySection) -> Delivery {
     let def = Delivery::default();
-    let rps = c.uint(&d.requests_per_second, 20, 0, 100_000);
+    let rps = c.uint(
+        &d.requests_per_second,
+        def.requests_per_second.map_or(0, u64::from),
+        0,
+        100_000,
+    );
     let mut out = Delivery {
         batch_rows: c.uint(&d.batch_rows, def.batch_rows as u64, 1, 10_000) as usize,
         batch_bytes: c.uint(&d.batch_bytes, def.batch_bytes as u64, 1024, 5_000_000) as usize,

@@ -8,6 +8,7 @@ pub mod corpus;
 pub mod defaults;
 pub mod env;
 pub mod event;
+pub mod exit;
 pub mod golden;
 pub mod rules;
 pub mod sfmc;

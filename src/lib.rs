@@ -3,6 +3,7 @@
 //! See `docs/architecture.md` for what lives where.
 
 pub mod action;
+pub mod cli;
 pub mod commands;
 pub mod corpus;
 pub mod defaults;

@@ -735,7 +735,7 @@ mod tests {
             name: "r.yaml".into(),
             text: "track:\n  - event: E\n    data_extension: d\n".into(),
         }];
-        let p = rules::compile_sources(&files, &|_| None, 1)
+        let p = rules::compile_sources(&files, &crate::env::Env::empty(), 1)
             .unwrap()
             .program;
         let ev = json!({"type":"track","event":"E","userId":"u",

@@ -18,7 +18,7 @@ const ROWSET: &str = "POST /hub/v1/dataevents/{key}/rowset";
 const CONTACTS: &str = "POST /contacts/v1/contacts";
 
 fn load(dir: &Path) -> Arc<Program> {
-    let loaded = rules::load(Some(dir), &|_: &str| None, 1).expect("rules compile");
+    let loaded = rules::load(Some(dir), &sfmc_relay::env::Env::empty(), 1).expect("rules compile");
     Arc::new(loaded.program)
 }
 
@@ -56,7 +56,7 @@ impl Run {
             dead_letter: self.dead,
             requests_per_second: None,
             progress: false,
-            env: Arc::new(move |k: &str| env.get(k).cloned()),
+            env: env.into(),
             state_dir: None,
         };
         run(Arc::new(move || program.clone()), opts).await

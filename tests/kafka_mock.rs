@@ -55,7 +55,7 @@ fn mock() -> Mock {
 }
 
 fn load(dir: &Path) -> Arc<Program> {
-    let loaded = rules::load(Some(dir), &|_: &str| None, 1).expect("rules compile");
+    let loaded = rules::load(Some(dir), &sfmc_relay::env::Env::empty(), 1).expect("rules compile");
     Arc::new(loaded.program)
 }
 
@@ -145,7 +145,7 @@ fn start_relay(
         flush_timeout: o.flush_timeout,
         max_in_flight: o.max_in_flight,
         dedup_window: o.dedup_window,
-        env: Arc::new(move |k: &str| env.get(k).cloned()),
+        env: env.into(),
         state_dir: None,
         shutdown: Box::pin(async move {
             let _ = rx.await;

@@ -158,8 +158,8 @@ fn event() -> impl Strategy<Value = Value> {
 
 // ---------------------------------------------------------------- transform
 
-fn env(name: &str) -> Option<String> {
-    (name == "SFMC_IDENTIFY_DE").then(|| "identify_rows".to_string())
+fn env() -> sfmc_relay::env::Env {
+    sfmc_relay::env::Env::from_map([("SFMC_IDENTIFY_DE", "identify_rows")])
 }
 
 fn programs() -> Vec<(&'static str, Arc<Program>)> {
@@ -168,7 +168,7 @@ fn programs() -> Vec<(&'static str, Arc<Program>)> {
         (
             "default",
             Arc::new(
-                rules::load(Some(&root.join("rules")), &env, 1)
+                rules::load(Some(&root.join("rules")), &env(), 1)
                     .unwrap()
                     .program,
             ),
@@ -176,7 +176,7 @@ fn programs() -> Vec<(&'static str, Arc<Program>)> {
         (
             "ecommerce",
             Arc::new(
-                rules::load(Some(&root.join("examples/ecommerce/rules")), &env, 1)
+                rules::load(Some(&root.join("examples/ecommerce/rules")), &env(), 1)
                     .unwrap()
                     .program,
             ),
@@ -472,7 +472,7 @@ async fn landed(events: &[Value], batch_rows: usize, tmp: &Path) -> BTreeMap<Str
         ..Settings::default()
     });
     let program = Arc::new(
-        rules::load(Some(dir.path()), &|_: &str| None, 1)
+        rules::load(Some(dir.path()), &sfmc_relay::env::Env::empty(), 1)
             .unwrap()
             .program,
     );
@@ -491,12 +491,12 @@ async fn landed(events: &[Value], batch_rows: usize, tmp: &Path) -> BTreeMap<Str
         dead_letter: tmp.join(format!("dead-{batch_rows}.ndjson")),
         requests_per_second: None,
         progress: false,
-        env: Arc::new(move |k: &str| match k {
-            "SFMC_CLIENT_ID" => Some("p".into()),
-            "SFMC_CLIENT_SECRET" => Some("q".into()),
-            "SFMC_AUTH_URL" | "SFMC_REST_URL" => Some(base.clone()),
-            _ => None,
-        }),
+        env: sfmc_relay::env::Env::from_map([
+            ("SFMC_CLIENT_ID", "p"),
+            ("SFMC_CLIENT_SECRET", "q"),
+            ("SFMC_AUTH_URL", &base),
+            ("SFMC_REST_URL", &base),
+        ]),
         state_dir: None,
     };
     let summary = run(Arc::new(move || program.clone()), opts).await.unwrap();

@@ -3,11 +3,8 @@
 
 use sfmc_relay::rules::{Diagnostic, Severity, SourceFile, compile_sources};
 
-fn env(name: &str) -> Option<String> {
-    match name {
-        "ORDERS_DE" => Some("orders".into()),
-        _ => None,
-    }
+fn env() -> sfmc_relay::env::Env {
+    sfmc_relay::env::Env::from_map([("ORDERS_DE", "orders")])
 }
 
 fn sources(files: &[(&str, &str)]) -> Vec<SourceFile> {
@@ -22,7 +19,7 @@ fn sources(files: &[(&str, &str)]) -> Vec<SourceFile> {
 
 /// Every diagnostic (errors and warnings) of a rule set that must fail to compile.
 fn diagnostics(files: &[(&str, &str)]) -> Vec<Diagnostic> {
-    match compile_sources(&sources(files), &env, 1) {
+    match compile_sources(&sources(files), &env(), 1) {
         Ok(_) => panic!("rule set compiled, but errors were expected"),
         Err(e) => e.0,
     }
@@ -130,7 +127,7 @@ fn duplicate_api_event_mapping() {
 #[test]
 fn same_mapping_with_when_is_not_a_duplicate() {
     let text = "track:\n  - event: Order Completed\n    data_extension: orders\n  - event: Order Completed\n    data_extension: orders\n    when: { path: properties.total, exists: true }\n";
-    assert!(compile_sources(&sources(&[("events.yaml", text)]), &env, 1).is_ok());
+    assert!(compile_sources(&sources(&[("events.yaml", text)]), &env(), 1).is_ok());
 }
 
 #[test]
@@ -148,7 +145,7 @@ fn same_section_in_two_files() {
 fn lists_concatenate_across_files() {
     let a = "skip:\n  - when: { path: userId, equals: a }\ntrack:\n  - event: A\n    data_extension: a\n";
     let b = "skip:\n  - when: { path: userId, equals: b }\ntrack:\n  - event: B\n    data_extension: b\nreject:\n  - when: { path: userId, equals: c }\n";
-    let loaded = compile_sources(&sources(&[("a.yaml", a), ("b.yaml", b)]), &env, 1).unwrap();
+    let loaded = compile_sources(&sources(&[("a.yaml", a), ("b.yaml", b)]), &env(), 1).unwrap();
     assert_eq!(loaded.program.skip.len(), 2);
     assert_eq!(loaded.program.reject.len(), 1);
     assert_eq!(loaded.program.mappings.len(), 2);
@@ -184,7 +181,7 @@ fn missing_env_var_without_default() {
 #[test]
 fn env_var_with_default_and_set_var_compile() {
     let text = "identify:\n  data_extension: ${PEOPLE_DE:-people}\ntrack:\n  - event: Order Completed\n    data_extension: ${ORDERS_DE}\n";
-    let loaded = compile_sources(&sources(&[("a.yaml", text)]), &env, 1).unwrap();
+    let loaded = compile_sources(&sources(&[("a.yaml", text)]), &env(), 1).unwrap();
     assert_eq!(
         loaded.program.identify.data_extension.as_deref(),
         Some("people")

@@ -362,7 +362,7 @@ fn fuzz_regressions() {
     use sfmc_relay::commands::transform;
     // transform_line: a lone vertical tab is a blank line (no output), not a crash.
     let program = std::sync::Arc::new(
-        sfmc_relay::rules::load(None, &|_: &str| None, 1)
+        sfmc_relay::rules::load(None, &sfmc_relay::env::Env::empty(), 1)
             .unwrap()
             .program,
     );

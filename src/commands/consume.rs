@@ -9,7 +9,7 @@
 //! `flush_timeout` to finish; what is left is not committed and is read again by the new
 //! owner.
 
-use crate::pipeline::{EnvSource, Pipeline, PipelineOptions, RuleSource, RunError, RunSummary};
+use crate::pipeline::{Env, Pipeline, PipelineOptions, RuleSource, RunError, RunSummary};
 use crate::source::Framing;
 use crate::source::kafka::{ConsumeStats, DEAD_LETTER_FLUSH, DeadLetterTopic, Flow};
 use crate::source::kafka_source::KafkaSource;
@@ -43,7 +43,7 @@ pub struct ConsumeOptions {
     /// Drop a Journey Builder API event whose messageId was among the last this many
     /// (0: off).
     pub dedup_window: usize,
-    pub env: EnvSource,
+    pub env: Env,
     /// Where state kept across runs lives (Contact Keys known to exist); `None`: the
     /// dead-letter file's directory.
     pub state_dir: Option<PathBuf>,
@@ -54,10 +54,10 @@ pub struct ConsumeOptions {
 }
 
 /// Default of `--max-in-flight` (events).
-pub const DEFAULT_MAX_IN_FLIGHT: usize = 10_000;
+pub const DEFAULT_MAX_IN_FLIGHT: usize = crate::defaults::CONSUME_MAX_IN_FLIGHT;
 
 /// Default of `--dedup-window` (message ids).
-pub const DEFAULT_DEDUP_WINDOW: usize = 100_000;
+pub const DEFAULT_DEDUP_WINDOW: usize = crate::defaults::DEDUP_WINDOW;
 
 pub use crate::source::kafka_source::FORCED;
 

@@ -8,7 +8,7 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 
 pub use crate::pipeline::{
-    EnvSource, RuleSource, RunError, RunSummary, Target, sink_config, target, wait_for_signal,
+    Env, RuleSource, RunError, RunSummary, Target, sink_config, target, wait_for_signal,
 };
 
 /// How the input lines are read.
@@ -29,7 +29,7 @@ pub struct RunOptions {
     /// Progress line on stderr (only drawn when stderr is a terminal).
     pub progress: bool,
     /// Environment lookup for credentials and endpoints.
-    pub env: EnvSource,
+    pub env: Env,
     /// Where state kept across runs lives (Contact Keys known to exist); `None`: the
     /// dead-letter file's directory.
     pub state_dir: Option<PathBuf>,

@@ -12,7 +12,7 @@
 //! Whatever was not handed to the sink stays in the spool for the next start.
 
 use crate::pipeline::{
-    EnvSource, Pipeline, PipelineOptions, RuleSource, RunError, RunSummary, wait_for_signal,
+    Env, Pipeline, PipelineOptions, RuleSource, RunError, RunSummary, wait_for_signal,
 };
 use crate::source::Framing;
 use crate::source::http::{self, Ingest};
@@ -34,7 +34,7 @@ pub struct ServeOptions {
     pub write_keys: Vec<String>,
     /// How long a shutdown waits for in-flight deliveries.
     pub drain_timeout: Duration,
-    pub env: EnvSource,
+    pub env: Env,
     /// Counter the hot-reload hook increments on a failed reload (shown in /metrics).
     pub reload_failures: Arc<AtomicU64>,
 }

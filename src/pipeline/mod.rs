@@ -59,7 +59,7 @@ use workers::{Item, Output, Processed};
 pub type RuleSource = Arc<dyn Fn() -> Arc<Program> + Send + Sync>;
 
 /// Environment lookup (the process environment, or a map in tests).
-pub type EnvSource = Arc<dyn Fn(&str) -> Option<String> + Send + Sync>;
+pub use crate::env::Env;
 
 /// A delivery command that could not start or finish.
 #[derive(Debug, thiserror::Error)]
@@ -92,7 +92,7 @@ pub struct PipelineOptions {
     /// Progress line on stderr (only drawn when stderr is a terminal).
     pub progress: bool,
     /// Environment lookup for credentials and endpoints.
-    pub env: EnvSource,
+    pub env: Env,
     /// Drop a Journey API event whose `messageId` was among the last N (0: off).
     pub dedup_window: usize,
     /// How long the end waits for the sink to drain (`None`: as long as it takes).
@@ -108,7 +108,7 @@ pub struct PipelineOptions {
 
 impl PipelineOptions {
     /// Defaults: no progress, no dedup, drain fully, `lines`.
-    pub fn new(framing: Framing, dead_letter: PathBuf, env: EnvSource) -> Self {
+    pub fn new(framing: Framing, dead_letter: PathBuf, env: Env) -> Self {
         PipelineOptions {
             framing,
             durable: false,

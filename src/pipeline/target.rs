@@ -1,7 +1,7 @@
 //! The SFMC target a pipeline delivers to: the client for the rules' delivery settings and
 //! the environment's credentials, or the built-in simulator when there are none.
 
-use super::{EnvSource, RunError};
+use super::{Env, RunError};
 use crate::rules::Program;
 use crate::sfmc::sink::SinkConfig;
 use crate::sfmc::{ClientConfig, Credentials, Endpoints, RetryPolicy, SfmcClient};
@@ -22,10 +22,10 @@ pub struct Target {
 /// without credentials, starts the built-in simulator (and says so on stderr).
 pub async fn target(
     program: &Program,
-    env: &EnvSource,
+    env: &Env,
     requests_per_second: Option<u32>,
 ) -> Result<Target, RunError> {
-    let env = |k: &str| env(k).filter(|v| !v.is_empty());
+    let env = |k: &str| env.get(k).filter(|v| !v.is_empty());
     let d = &program.settings.delivery;
     let rps = requests_per_second
         .or(Some(d.requests_per_second.unwrap_or(0)))

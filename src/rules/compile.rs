@@ -6,10 +6,11 @@
 use super::casing::{Casing, Style};
 use super::condition::{Condition, Op};
 use super::diag::{Diagnostic, Severity};
-use super::env::{EnvLookup, interpolate};
+use super::env::interpolate;
 use super::path::KeyPath;
 use super::program::*;
 use super::schema::*;
+use crate::env::Env;
 use regex::Regex;
 use serde_json::Value;
 use serde_saphyr::Location;
@@ -32,7 +33,7 @@ struct Parsed<'s> {
 /// Diagnostics sink bound to one file.
 struct Ctx<'a> {
     src: &'a SourceFile,
-    env: EnvLookup<'a>,
+    env: &'a Env,
     diags: &'a mut Vec<Diagnostic>,
 }
 
@@ -290,7 +291,7 @@ fn single<'p, T>(
 /// On success returns the program and any warnings; on failure every diagnostic.
 pub fn compile(
     files: &[SourceFile],
-    env: EnvLookup,
+    env: &Env,
     version: String,
 ) -> Result<(Program, Vec<Diagnostic>), Vec<Diagnostic>> {
     let mut diags = Vec::new();
@@ -463,7 +464,12 @@ pub fn compile(
 
 fn compile_delivery(c: &mut Ctx, d: &DeliverySection) -> Delivery {
     let def = Delivery::default();
-    let rps = c.uint(&d.requests_per_second, 20, 0, 100_000);
+    let rps = c.uint(
+        &d.requests_per_second,
+        def.requests_per_second.map_or(0, u64::from),
+        0,
+        100_000,
+    );
     let mut out = Delivery {
         batch_rows: c.uint(&d.batch_rows, def.batch_rows as u64, 1, 10_000) as usize,
         batch_bytes: c.uint(&d.batch_bytes, def.batch_bytes as u64, 1024, 5_000_000) as usize,

@@ -232,7 +232,7 @@ mod tests {
             name: "r.yaml".into(),
             text: text.into(),
         }];
-        let p = super::super::compile_sources(&files, &|_| None, 1)
+        let p = super::super::compile_sources(&files, &crate::env::Env::empty(), 1)
             .unwrap()
             .program;
         lint(&files, &p).into_iter().map(|d| d.headline()).collect()

@@ -37,6 +37,22 @@ pub const MAX_EVENT_BYTES: usize = 32 * 1024;
 /// Segment's limit for one batch request (bytes of JSON, after decompression).
 pub const MAX_BATCH_BYTES: usize = 500 * 1024;
 
+/// The environment variable holding the accepted write keys (comma-separated).
+pub const WRITE_KEYS_VAR: &str = "SFMC_RELAY_WRITE_KEYS";
+
+/// The write keys in [`WRITE_KEYS_VAR`]: comma-separated, trimmed, empty ones dropped.
+pub fn write_keys(env: &crate::env::Env) -> Vec<String> {
+    parse_write_keys(&env.get(WRITE_KEYS_VAR).unwrap_or_default())
+}
+
+/// `"k1, k2,,k3"` -> `["k1", "k2", "k3"]`.
+pub fn parse_write_keys(list: &str) -> Vec<String> {
+    list.split(',')
+        .map(|k| k.trim().to_string())
+        .filter(|k| !k.is_empty())
+        .collect()
+}
+
 /// Everything the handlers share.
 pub struct Ingest {
     pub spool: Arc<Spool>,

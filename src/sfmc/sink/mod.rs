@@ -63,13 +63,15 @@ pub struct SinkConfig {
 }
 
 impl Default for SinkConfig {
+    /// The defaults of [`crate::defaults`] (lanes: one per request in flight).
     fn default() -> Self {
+        use crate::defaults as d;
         SinkConfig {
-            batch_rows: 50,
-            batch_bytes: 4 * 1024 * 1024,
-            linger: Duration::from_millis(200),
-            lanes: 4,
-            contact_cache: 100_000,
+            batch_rows: d::BATCH_ROWS,
+            batch_bytes: d::BATCH_BYTES,
+            linger: d::LINGER,
+            lanes: d::MAX_IN_FLIGHT,
+            contact_cache: d::CONTACT_CACHE,
             contact_batch: 1,
             contact_state: None,
         }

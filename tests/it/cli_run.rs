@@ -1,8 +1,6 @@
 //! `sfmc-relay run` / `replay` as real processes against an in-process SFMC simulator.
 
-mod common;
-
-use common::*;
+use crate::support::*;
 use serde_json::{Map, Value, json};
 use sfmc_relay::sim::{self, SimConfig, SimHandle};
 use std::path::Path;

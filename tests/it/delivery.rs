@@ -1,8 +1,6 @@
 //! End-to-end delivery: `run`/`replay` in-process against the SFMC simulator on loopback.
 
-mod common;
-
-use common::*;
+use crate::support::*;
 use serde_json::{Map, Value, json};
 use sfmc_relay::action::Action;
 use sfmc_relay::commands::run::{InputKind, RunError, RunOptions, RunSummary, run};

@@ -4,12 +4,9 @@
 //! installs it); each test starts its own broker (in-memory storage) on a free port, an
 //! in-process SFMC simulator, and real `sfmc-relay consume` processes.
 //! Without the variable the tests are skipped (with the reason printed), except under CI.
-#![cfg(feature = "kafka")]
 
-mod common;
-
-use common::workload::*;
-use common::*;
+use crate::support::workload::*;
+use crate::support::*;
 use rdkafka::ClientConfig;
 use rdkafka::admin::{AdminClient, AdminOptions, NewTopic, TopicReplication};
 use rdkafka::client::DefaultClientContext;
@@ -260,7 +257,7 @@ fn events_read(log: &str) -> u64 {
 
 /// Every message in the topic: (key, partition, userId of the payload).
 fn read_topic(addr: &str, topic: &str) -> Vec<(Option<String>, i32, Value)> {
-    common::kafka::read_topic(addr, topic, PARTITIONS, Duration::from_secs(3))
+    crate::support::kafka::read_topic(addr, topic, PARTITIONS, Duration::from_secs(3))
         .into_iter()
         .map(|(key, partition, payload)| {
             let payload: Value = serde_json::from_slice(&payload).unwrap();

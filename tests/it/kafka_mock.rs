@@ -6,12 +6,9 @@
 //! Each test has its own mock cluster, topic, simulator and relays. The mock's group
 //! coordinator waits 3 s before the first assignment (its `group.initial.rebalance.delay`);
 //! sessions time out after 3 s here.
-#![cfg(feature = "kafka")]
 
-mod common;
-
-use common::workload::*;
-use common::*;
+use crate::support::workload::*;
+use crate::support::*;
 use rdkafka::ClientConfig;
 use rdkafka::mocking::MockCluster;
 use rdkafka::producer::{DefaultProducerContext, FutureProducer, FutureRecord};
@@ -222,7 +219,7 @@ async fn produce_raw(mock: &Mock, key: Option<&str>, payload: &[u8]) {
 
 /// Every message of `topic`: (key, payload).
 fn read_topic(mock: &Mock, topic: &str, partitions: i32) -> Vec<(Option<String>, Vec<u8>)> {
-    common::kafka::read_topic(&mock.servers, topic, partitions, Duration::from_secs(2))
+    crate::support::kafka::read_topic(&mock.servers, topic, partitions, Duration::from_secs(2))
         .into_iter()
         .map(|(key, _, payload)| (key, payload))
         .collect()

@@ -3,9 +3,7 @@
 //!
 //! `PROPTEST_CASES=N cargo test --test properties` runs more cases than the default.
 
-mod common;
-
-use common::*;
+use crate::support::*;
 use proptest::prelude::*;
 use serde_json::{Map, Value, json};
 use sfmc_relay::commands::transform;

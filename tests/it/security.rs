@@ -4,9 +4,7 @@
 //! `SFMC_CLIENT_SECRET` and `SFMC_RELAY_WRITE_KEYS` (the ingest server's write keys); the
 //! secrets must appear nowhere in stdout, stderr or dead letters.
 
-mod common;
-
-use common::*;
+use crate::support::*;
 use sfmc_relay::sim::{self, SimConfig, SimHandle};
 use std::path::Path;
 use std::process::{Output, Stdio};

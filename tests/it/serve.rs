@@ -1,14 +1,12 @@
 //! `sfmc-relay serve` as a real process: Segment's HTTP API, the durable spool, crashes.
 
-mod support;
-
 use std::collections::HashMap;
 use std::io::Write;
 use std::time::{Duration, Instant};
 
+use crate::support::serve::{KEY, Relay, eventually, rules, simulator};
 use reqwest::StatusCode;
 use serde_json::{Value, json};
-use support::{KEY, Relay, eventually, rules, simulator};
 
 fn client() -> reqwest::Client {
     reqwest::Client::new()

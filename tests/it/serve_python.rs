@@ -3,11 +3,9 @@
 //! Installed by `.ci/install-test-deps`. Skipped, with a message, only when python3 or
 //! the package is missing *and* `CI` is not set; in CI it must run.
 
-mod support;
-
+use crate::support::serve::{KEY, Relay, eventually, rules, simulator};
 use std::process::Command;
 use std::time::Duration;
-use support::{KEY, Relay, eventually, rules, simulator};
 
 fn python_client_available() -> Result<(), String> {
     match Command::new("python3")

@@ -3,6 +3,7 @@
 
 #[cfg(feature = "kafka")]
 pub mod kafka;
+pub mod serve;
 pub mod workload;
 
 use serde_json::{Value, json};

@@ -4,6 +4,7 @@
 //! rules directory; the output's event numbers and data extension keys show which rule set
 //! processed each event. Also `check`, `explain` and `test`.
 
+use crate::support::{BIN, collect_lines, signal};
 use serde_json::Value;
 use std::io::{BufRead, BufReader, Write};
 use std::path::Path;
@@ -12,7 +13,6 @@ use std::sync::mpsc::{Receiver, RecvTimeoutError, channel};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-const BIN: &str = env!("CARGO_BIN_EXE_sfmc-relay");
 const TIMEOUT: Duration = Duration::from_secs(20);
 
 fn rules(de: &str) -> String {
@@ -57,17 +57,7 @@ impl Relay {
                 }
             }
         });
-        let stderr = Arc::new(Mutex::new(String::new()));
-        let err = child.stderr.take().unwrap();
-        let sink = stderr.clone();
-        std::thread::spawn(move || {
-            for l in BufReader::new(err).lines() {
-                let Ok(l) = l else { break };
-                let mut s = sink.lock().unwrap();
-                s.push_str(&l);
-                s.push('\n');
-            }
-        });
+        let stderr = collect_lines(child.stderr.take().unwrap(), |_| {});
         Relay {
             stdin: child.stdin.take(),
             child,
@@ -338,9 +328,7 @@ fn no_watch_ignores_edits_but_sighup_reloads() {
         assert_eq!(r.event(), "one", "--no-watch reloaded on a file change");
         std::thread::sleep(Duration::from_millis(20));
     }
-    let pid = r.child.id().to_string();
-    let status = Command::new("kill").args(["-HUP", &pid]).status().unwrap();
-    assert!(status.success());
+    signal(r.child.id(), "HUP");
     let lat = r.until("two", Instant::now(), "one");
     eprintln!("SIGHUP: reload-to-effect {} ms", lat.as_millis());
     assert_eq!(r.phases(), ["one", "two"]);

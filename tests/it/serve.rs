@@ -4,7 +4,8 @@ use std::collections::HashMap;
 use std::io::Write;
 use std::time::{Duration, Instant};
 
-use crate::support::serve::{KEY, Relay, eventually, rules, simulator};
+use crate::support::serve::{KEY, Relay, rules, simulator};
+use crate::support::wait_until;
 use reqwest::StatusCode;
 use serde_json::{Value, json};
 
@@ -146,11 +147,15 @@ async fn segment_api_auth_gzip_limits_metrics() {
         assert_eq!(req.send().await.unwrap().status(), StatusCode::BAD_REQUEST);
     }
 
-    eventually(20, "rows and the API event in the simulator", || {
-        sim.rows("orders").len() == 3
-            && sim.api_events().len() == 1
-            && sim.rows("people").len() == 1
-    })
+    wait_until(
+        "rows and the API event in the simulator",
+        Duration::from_secs(20),
+        || {
+            sim.rows("orders").len() == 3
+                && sim.api_events().len() == 1
+                && sim.rows("people").len() == 1
+        },
+    )
     .await;
     assert_eq!(
         contact_keys(&sim.rows("orders")),
@@ -264,9 +269,11 @@ async fn crash_mid_delivery_loses_nothing_and_repeats_no_api_event() {
     );
 
     let mut relay = Relay::start(&spool, &rules, &sim, &["--requests-per-second", "0"]);
-    eventually(30, "every event after the restart", || {
-        sim.rows("orders").len() == ORDERS && sim.api_events().len() >= SIGNUPS
-    })
+    wait_until(
+        "every event after the restart",
+        Duration::from_secs(30),
+        || sim.rows("orders").len() == ORDERS && sim.api_events().len() >= SIGNUPS,
+    )
     .await;
     assert!(
         relay
@@ -328,7 +335,10 @@ async fn sigterm_drains_or_leaves_in_spool() {
         .await
         .unwrap();
     assert_eq!(r.status(), StatusCode::OK);
-    eventually(10, "some rows", || !sim.rows("orders").is_empty()).await;
+    wait_until("some rows", Duration::from_secs(10), || {
+        !sim.rows("orders").is_empty()
+    })
+    .await;
     let t = Instant::now();
     let status = relay.terminate(Duration::from_secs(15));
     assert!(status.success(), "{status:?}\n{}", relay.log());
@@ -349,9 +359,11 @@ async fn sigterm_drains_or_leaves_in_spool() {
     );
 
     let mut relay = Relay::start(&spool, &rules, &sim, &["--requests-per-second", "0"]);
-    eventually(20, "the rest after the restart", || {
-        sim.rows("orders").len() == N
-    })
+    wait_until(
+        "the rest after the restart",
+        Duration::from_secs(20),
+        || sim.rows("orders").len() == N,
+    )
     .await;
     let status = relay.terminate(Duration::from_secs(20));
     assert!(status.success(), "{}", relay.log());
@@ -411,7 +423,7 @@ async fn full_spool_answers_503() {
     assert!(status.success());
     // Everything accepted is delivered after a restart without the rate limit.
     let mut relay = Relay::start(&spool, &rules, &sim, &["--requests-per-second", "0"]);
-    eventually(20, "every accepted event", || {
+    wait_until("every accepted event", Duration::from_secs(20), || {
         sim.rows("orders").len() == accepted
     })
     .await;

@@ -4,13 +4,12 @@
 //! rules directory; the output's event numbers and data extension keys show which rule set
 //! processed each event. Also `check`, `explain` and `test`.
 
-use crate::support::{BIN, collect_lines, signal};
+use crate::support::{BIN, Collected, collect_lines, signal};
 use serde_json::Value;
 use std::io::{BufRead, BufReader, Write};
 use std::path::Path;
 use std::process::{Child, ChildStdin, Command, Stdio};
 use std::sync::mpsc::{Receiver, RecvTimeoutError, channel};
-use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 const TIMEOUT: Duration = Duration::from_secs(20);
@@ -26,7 +25,7 @@ struct Relay {
     child: Child,
     stdin: Option<ChildStdin>,
     lines: Receiver<String>,
-    stderr: Arc<Mutex<String>>,
+    stderr: Collected,
     /// Events written so far (the next event's number).
     sent: u64,
     /// (event number, data extension) of every output line so far.
@@ -100,7 +99,7 @@ impl Relay {
     }
 
     fn err(&self) -> String {
-        self.stderr.lock().unwrap().clone()
+        self.stderr.text()
     }
 
     /// Send events until one goes to `de`; returns the time from `since` to that output.
@@ -127,6 +126,8 @@ impl Relay {
     fn finish(mut self) -> String {
         drop(self.stdin.take());
         let status = self.child.wait().unwrap();
+        // The summary is the last thing on stderr: read it to the end first.
+        self.stderr.wait_eof();
         assert!(status.success(), "exit {status}; stderr:\n{}", self.err());
         assert!(
             self.lines.recv_timeout(Duration::from_secs(1)).is_err(),

@@ -5,6 +5,7 @@ use std::io::{BufRead, BufReader, Read};
 use std::path::Path;
 use std::process::{Output, Stdio};
 use std::sync::{Arc, Mutex};
+use std::thread::JoinHandle;
 use std::time::Duration;
 use tokio::process::Command;
 
@@ -56,15 +57,37 @@ pub fn signal(pid: u32, signal: &str) {
     assert!(ok, "kill -{signal} {pid}");
 }
 
-/// Read a child's output on a thread, line by line, into the returned text (what it
-/// wrote so far); `each` also sees every line as it comes.
+/// A child's output read on a thread, line by line (see [`collect_lines`]).
+pub struct Collected {
+    text: Arc<Mutex<String>>,
+    reader: Option<JoinHandle<()>>,
+}
+
+impl Collected {
+    /// What the child has written so far.
+    pub fn text(&self) -> String {
+        self.text.lock().unwrap().clone()
+    }
+
+    /// Everything the child wrote: waits until the reader has seen the end of the stream
+    /// (call after the child exited; a child's last lines may still be in the pipe then).
+    pub fn wait_eof(&mut self) -> String {
+        if let Some(reader) = self.reader.take() {
+            reader.join().expect("output reader");
+        }
+        self.text()
+    }
+}
+
+/// Read a child's output (`from`) on a thread into [`Collected`]; `each` also sees every
+/// line as it comes.
 pub fn collect_lines(
     from: impl Read + Send + 'static,
     mut each: impl FnMut(&str) + Send + 'static,
-) -> Arc<Mutex<String>> {
+) -> Collected {
     let text = Arc::new(Mutex::new(String::new()));
     let sink = text.clone();
-    std::thread::spawn(move || {
+    let reader = std::thread::spawn(move || {
         for line in BufReader::new(from).lines() {
             let Ok(line) = line else { break };
             each(&line);
@@ -73,5 +96,8 @@ pub fn collect_lines(
             t.push('\n');
         }
     });
-    text
+    Collected {
+        text,
+        reader: Some(reader),
+    }
 }

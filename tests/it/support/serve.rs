@@ -3,12 +3,13 @@
 use std::net::SocketAddr;
 use std::path::Path;
 use std::process::{Child, Command, ExitStatus, Stdio};
-use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use sfmc_relay::sim::SimHandle;
 
-use super::{BIN, CLIENT_SECRET, collect_lines, only_client, signal, sim_env, start_sim};
+use super::{
+    BIN, CLIENT_SECRET, Collected, collect_lines, only_client, signal, sim_env, start_sim,
+};
 
 pub const KEY: &str = "test-write-key";
 
@@ -51,7 +52,7 @@ pub async fn simulator() -> SimHandle {
 pub struct Relay {
     pub child: Child,
     pub addr: SocketAddr,
-    pub log: Arc<Mutex<String>>,
+    pub log: Collected,
 }
 
 impl Relay {
@@ -85,7 +86,7 @@ impl Relay {
             Ok(a) => a.parse().unwrap(),
             Err(_) => {
                 let _ = child.kill();
-                panic!("serve did not start:\n{}", log.lock().unwrap());
+                panic!("serve did not start:\n{}", log.text());
             }
         };
         Relay { child, addr, log }
@@ -95,16 +96,19 @@ impl Relay {
         format!("http://{}{path}", self.addr)
     }
 
+    /// What serve has logged so far.
     pub fn log(&self) -> String {
-        self.log.lock().unwrap().clone()
+        self.log.text()
     }
 
-    /// SIGTERM, then wait (at most `within`) for the exit status.
+    /// SIGTERM, then wait (at most `within`) for the exit status; [`Relay::log`] then
+    /// holds everything serve wrote.
     pub fn terminate(&mut self, within: Duration) -> ExitStatus {
         signal(self.child.id(), "TERM");
         let start = Instant::now();
         loop {
             if let Some(s) = self.child.try_wait().unwrap() {
+                self.log.wait_eof();
                 return s;
             }
             if start.elapsed() > within {

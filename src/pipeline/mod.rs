@@ -21,9 +21,11 @@
 //! are bounded, so a slow or paused sink stops the source from reading.
 //!
 //! Stopping ([`Pipeline::run`]'s `stop`): sources see [`Feeder::is_stopped`] and read no
-//! more. For a durable source (spool, Kafka) whatever was not handed to the sink stays
-//! unacknowledged in the source; for files and stdin it is dead-lettered ("the relay
-//! stopped"), so `replay` sends it later. What the sink holds is drained.
+//! more. For a durable source (spool, Kafka) what was already read is still delivered
+//! (within `drain_timeout`; what is left stays unacknowledged in the source); for files
+//! and stdin, events read but not yet handed to the sink are dead-lettered ("the relay
+//! stopped"), so the stop is prompt and `replay` sends them later. What the sink holds is
+//! drained.
 
 pub mod dedup;
 mod outcome;
@@ -350,10 +352,6 @@ impl Dispatcher<'_> {
             version,
             items,
         } = p;
-        if self.stopping && self.durable {
-            // Not handed to the sink: stays unacknowledged in the source.
-            return;
-        }
         if items.is_empty() {
             ack.complete();
             return;
@@ -378,7 +376,7 @@ impl Dispatcher<'_> {
                     mut prepared,
                     message_id,
                 } => {
-                    if self.stopping {
+                    if self.stopping && !self.durable {
                         self.sink
                             .reject(&origin, &version, &event.to_value(), STOPPED_REASON);
                         self.outcomes.dead_lettered.add(ty, 1);

@@ -4,15 +4,14 @@
 //! rules directory; the output's event numbers and data extension keys show which rule set
 //! processed each event. Also `check`, `explain` and `test`.
 
+use crate::support::{BIN, Collected, collect_lines, signal};
 use serde_json::Value;
 use std::io::{BufRead, BufReader, Write};
 use std::path::Path;
 use std::process::{Child, ChildStdin, Command, Stdio};
 use std::sync::mpsc::{Receiver, RecvTimeoutError, channel};
-use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-const BIN: &str = env!("CARGO_BIN_EXE_sfmc-relay");
 const TIMEOUT: Duration = Duration::from_secs(20);
 
 fn rules(de: &str) -> String {
@@ -26,7 +25,7 @@ struct Relay {
     child: Child,
     stdin: Option<ChildStdin>,
     lines: Receiver<String>,
-    stderr: Arc<Mutex<String>>,
+    stderr: Collected,
     /// Events written so far (the next event's number).
     sent: u64,
     /// (event number, data extension) of every output line so far.
@@ -57,17 +56,7 @@ impl Relay {
                 }
             }
         });
-        let stderr = Arc::new(Mutex::new(String::new()));
-        let err = child.stderr.take().unwrap();
-        let sink = stderr.clone();
-        std::thread::spawn(move || {
-            for l in BufReader::new(err).lines() {
-                let Ok(l) = l else { break };
-                let mut s = sink.lock().unwrap();
-                s.push_str(&l);
-                s.push('\n');
-            }
-        });
+        let stderr = collect_lines(child.stderr.take().unwrap(), |_| {});
         Relay {
             stdin: child.stdin.take(),
             child,
@@ -110,7 +99,7 @@ impl Relay {
     }
 
     fn err(&self) -> String {
-        self.stderr.lock().unwrap().clone()
+        self.stderr.text()
     }
 
     /// Send events until one goes to `de`; returns the time from `since` to that output.
@@ -137,6 +126,8 @@ impl Relay {
     fn finish(mut self) -> String {
         drop(self.stdin.take());
         let status = self.child.wait().unwrap();
+        // The summary is the last thing on stderr: read it to the end first.
+        self.stderr.wait_eof();
         assert!(status.success(), "exit {status}; stderr:\n{}", self.err());
         assert!(
             self.lines.recv_timeout(Duration::from_secs(1)).is_err(),
@@ -338,9 +329,7 @@ fn no_watch_ignores_edits_but_sighup_reloads() {
         assert_eq!(r.event(), "one", "--no-watch reloaded on a file change");
         std::thread::sleep(Duration::from_millis(20));
     }
-    let pid = r.child.id().to_string();
-    let status = Command::new("kill").args(["-HUP", &pid]).status().unwrap();
-    assert!(status.success());
+    signal(r.child.id(), "HUP");
     let lat = r.until("two", Instant::now(), "one");
     eprintln!("SIGHUP: reload-to-effect {} ms", lat.as_millis());
     assert_eq!(r.phases(), ["one", "two"]);

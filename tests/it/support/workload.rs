@@ -1,9 +1,8 @@
-//! The Kafka tests' workload (tests/kafka.rs against a broker process, tests/kafka_mock.rs
-//! against rdkafka's mock cluster) and what the simulator must hold after it.
+//! The Kafka tests' workload (`kafka` against a broker process, `kafka_mock` against
+//! rdkafka's mock cluster) and what the simulator must hold after it.
 
-use super::find_row;
-use super::{order, signup};
-use serde_json::{Map, Value, json};
+use super::{find_row, key, order, signup};
+use serde_json::{Value, json};
 use sfmc_relay::sim::SimHandle;
 use std::collections::{HashMap, HashSet};
 use std::time::{Duration, Instant};
@@ -34,13 +33,6 @@ pub fn workload(users: usize, tag: &str) -> Vec<Value> {
         }
     }
     mixed
-}
-
-pub fn key(pairs: &[(&str, &str)]) -> Map<String, Value> {
-    pairs
-        .iter()
-        .map(|(k, v)| (k.to_string(), Value::String(v.to_string())))
-        .collect()
 }
 
 /// Wait until every user's orders, last identify and API event landed.

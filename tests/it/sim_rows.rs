@@ -1,9 +1,11 @@
 //! How the simulator reads rowset bodies: exactly as `serde_json::Value` reads them
 //! (repeated keys, escapes, number forms, nesting, errors), whichever parser ran.
 
-use reqwest::{Client, StatusCode};
+use reqwest::Client;
 use serde_json::{Value, json};
-use sfmc_relay::sim::{self, SimConfig, SimHandle};
+use sfmc_relay::sim::SimHandle;
+
+use crate::support::{post_rowset, start_sim};
 
 const CONFIG: &str = r#"
 unknown_data_extensions: accept
@@ -14,35 +16,9 @@ data_extensions:
 "#;
 
 async fn start() -> (SimHandle, Client, String) {
-    let config = SimConfig::from_yaml(CONFIG).expect("config");
-    let sim = sim::start(config, "127.0.0.1:0".parse().unwrap())
-        .await
-        .expect("start");
+    let sim = start_sim(CONFIG).await;
     let tok = sim.state().issue_token();
     (sim, Client::new(), tok)
-}
-
-/// POST a raw body; (status, response text).
-async fn post(
-    sim: &SimHandle,
-    client: &Client,
-    tok: &str,
-    key: &str,
-    body: &str,
-) -> (StatusCode, String) {
-    let resp = client
-        .post(format!(
-            "{}/hub/v1/dataevents/key:{key}/rowset",
-            sim.base_url()
-        ))
-        .bearer_auth(tok)
-        .header("content-type", "application/json")
-        .body(body.to_string())
-        .send()
-        .await
-        .unwrap();
-    let status = resp.status();
-    (status, resp.text().await.unwrap())
 }
 
 /// Stored rows as JSON text (so that key order and number forms count).
@@ -58,7 +34,7 @@ async fn repeated_keys_escapes_and_numbers() {
         "Neg":-9223372036854775808,"F":1.50,"E":1e2,"Z":-0,"Tiny":1E-7,"T":true,"N":null}},
       {"keys":{"I\u0064":"caf\u00e9"},"values":{"Na\u006de":"q\"uote \\ back\/slash\n\u0001 \ud83d\ude00","":"empty name"}}
     ]"#;
-    let (status, text) = post(&sim, &client, &tok, "Things", body).await;
+    let (status, text) = post_rowset(&client, &sim, &tok, "Things", body).await;
     assert_eq!(status, 200, "{text}");
     assert_eq!(text, body, "the body is echoed as sent");
     assert_eq!(
@@ -87,7 +63,7 @@ async fn undeclared_columns_take_the_first_casing_seen() {
       {"keys":{"ID":"2"},"values":{"EMAIL":"b@x.io","plan":"pro","email":"c@x.io","New":1}},
       {"keys":{"id":"1"},"values":{"new":true,"PLAN":"team"}}
     ]"#;
-    let (status, text) = post(&sim, &client, &tok, "Users", body).await;
+    let (status, text) = post_rowset(&client, &sim, &tok, "Users", body).await;
     assert_eq!(status, 200, "{text}");
     assert_eq!(
         rows_text(&sim, "users"),
@@ -110,7 +86,7 @@ async fn declared_columns_repeated_in_other_casings() {
     let (sim, client, tok) = start().await;
     let body = r#"[{"keys":{"order id":"o-1","Order Id":"o-1"},
       "values":{"note":"first","EMAIL":"a@x.io","Note":"second","Unknown":[1,2],"order id":"ignored"}}]"#;
-    let (status, text) = post(&sim, &client, &tok, "orders", body).await;
+    let (status, text) = post_rowset(&client, &sim, &tok, "orders", body).await;
     assert_eq!(status, 200, "{text}");
     assert_eq!(
         rows_text(&sim, "orders"),
@@ -119,7 +95,7 @@ async fn declared_columns_repeated_in_other_casings() {
     // A value overwritten by a later repeat of its key is not validated.
     let body = r#"[{"keys":{"Order Id":"o-2"},"values":{"Quantity":"x","Quantity":2}},
                    {"keys":{"Order Id":"o-3"},"values":{"Quantity":[2]}}]"#;
-    let (status, text) = post(&sim, &client, &tok, "orders", body).await;
+    let (status, text) = post_rowset(&client, &sim, &tok, "orders", body).await;
     assert_eq!(status, 400);
     let v: Value = serde_json::from_str(&text).unwrap();
     assert_eq!(
@@ -138,7 +114,7 @@ async fn declared_columns_repeated_in_other_casings() {
 async fn nested_values_in_undeclared_data_extensions() {
     let (sim, client, tok) = start().await;
     let body = r#"[{"keys":{"Id":"1"},"values":{"Arr":[1,{"b":2,"b":3}],"Obj":{"x":null,"y":"\u00e9"}},"extra":{"ignored":[]}}]"#;
-    let (status, text) = post(&sim, &client, &tok, "Nested", body).await;
+    let (status, text) = post_rowset(&client, &sim, &tok, "Nested", body).await;
     assert_eq!(status, 200, "{text}");
     assert_eq!(
         rows_text(&sim, "nested"),
@@ -170,7 +146,7 @@ async fn json_errors_are_serde_json_errors() {
     ];
     for body in bodies {
         for key in ["Anything", "orders"] {
-            let (status, text) = post(&sim, &client, &tok, key, body).await;
+            let (status, text) = post_rowset(&client, &sim, &tok, key, body).await;
             assert_eq!(status, 400, "{body}");
             let want = serde_json::from_str::<Value>(body).unwrap_err();
             let v: Value = serde_json::from_str(&text).unwrap();
@@ -196,7 +172,7 @@ async fn json_errors_are_serde_json_errors() {
             "The 'values' property of a row must be an object.",
         ),
     ] {
-        let (status, text) = post(&sim, &client, &tok, "Shapes", body).await;
+        let (status, text) = post_rowset(&client, &sim, &tok, "Shapes", body).await;
         assert_eq!(status, 400, "{body}");
         let v: Value = serde_json::from_str(&text).unwrap();
         assert_eq!(v["message"], message, "{body}");

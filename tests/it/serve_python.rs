@@ -3,11 +3,10 @@
 //! Installed by `.ci/install-test-deps`. Skipped, with a message, only when python3 or
 //! the package is missing *and* `CI` is not set; in CI it must run.
 
-mod support;
-
+use crate::support::serve::{KEY, Relay, rules, simulator};
+use crate::support::wait_until;
 use std::process::Command;
 use std::time::Duration;
-use support::{KEY, Relay, eventually, rules, simulator};
 
 fn python_client_available() -> Result<(), String> {
     match Command::new("python3")
@@ -79,11 +78,15 @@ async fn segment_python_library_delivers_through_serve() {
             String::from_utf8_lossy(&out.stderr),
             relay.log()
         );
-        eventually(20, "the Python client's events in the simulator", || {
-            sim.rows("orders").len() == 1
-                && sim.rows("people").len() == 1
-                && sim.api_events().len() == i + 1
-        })
+        wait_until(
+            "the Python client's events in the simulator",
+            Duration::from_secs(20),
+            || {
+                sim.rows("orders").len() == 1
+                    && sim.rows("people").len() == 1
+                    && sim.api_events().len() == i + 1
+            },
+        )
         .await;
     }
     let order = &sim.rows("orders")[0];

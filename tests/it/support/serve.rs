@@ -1,14 +1,15 @@
 //! Running `sfmc-relay serve` as a real process against an in-process SFMC simulator.
-#![allow(dead_code)]
 
-use std::io::{BufRead, BufReader};
 use std::net::SocketAddr;
 use std::path::Path;
 use std::process::{Child, Command, ExitStatus, Stdio};
-use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use sfmc_relay::sim::{self, SimConfig, SimHandle};
+use sfmc_relay::sim::SimHandle;
+
+use super::{
+    BIN, CLIENT_SECRET, Collected, collect_lines, only_client, signal, sim_env, start_sim,
+};
 
 pub const KEY: &str = "test-write-key";
 
@@ -43,24 +44,20 @@ track:
     d
 }
 
+/// The serve tests' simulator: it accepts only the credentials [`Relay::start`] gives.
 pub async fn simulator() -> SimHandle {
-    sim::start(
-        SimConfig::from_yaml("clients: [{ client_id: abc, client_secret: s3cret }]").unwrap(),
-        "127.0.0.1:0".parse().unwrap(),
-    )
-    .await
-    .unwrap()
+    start_sim(&only_client(CLIENT_SECRET)).await
 }
 
 pub struct Relay {
     pub child: Child,
     pub addr: SocketAddr,
-    pub log: Arc<Mutex<String>>,
+    pub log: Collected,
 }
 
 impl Relay {
     pub fn start(spool: &Path, rules: &Path, sim: &SimHandle, args: &[&str]) -> Relay {
-        let mut child = Command::new(env!("CARGO_BIN_EXE_sfmc-relay"))
+        let mut child = Command::new(BIN)
             .arg("serve")
             .arg("--rules")
             .arg(rules)
@@ -70,10 +67,7 @@ impl Relay {
             .arg(spool.with_extension("deadletter.ndjson"))
             .args(args)
             .env("SFMC_RELAY_WRITE_KEYS", format!("other-key, {KEY}"))
-            .env("SFMC_CLIENT_ID", "abc")
-            .env("SFMC_CLIENT_SECRET", "s3cret")
-            .env("SFMC_AUTH_URL", sim.base_url())
-            .env("SFMC_REST_URL", sim.base_url())
+            .envs(sim_env(sim, &[]))
             .env_remove("SFMC_SUBDOMAIN")
             .env_remove("SFMC_ACCOUNT_ID")
             .stdin(Stdio::null())
@@ -81,29 +75,18 @@ impl Relay {
             .stderr(Stdio::piped())
             .spawn()
             .expect("start sfmc-relay serve");
-        let log = Arc::new(Mutex::new(String::new()));
         let (tx, rx) = std::sync::mpsc::channel();
-        let stderr = child.stderr.take().unwrap();
-        {
-            let log = log.clone();
-            std::thread::spawn(move || {
-                for line in BufReader::new(stderr).lines() {
-                    let Ok(line) = line else { break };
-                    if let Some(rest) = line.split("listening on http://").nth(1) {
-                        let addr = rest.split_whitespace().next().unwrap().to_string();
-                        let _ = tx.send(addr);
-                    }
-                    let mut g = log.lock().unwrap();
-                    g.push_str(&line);
-                    g.push('\n');
-                }
-            });
-        }
+        let log = collect_lines(child.stderr.take().unwrap(), move |line| {
+            if let Some(rest) = line.split("listening on http://").nth(1) {
+                let addr = rest.split_whitespace().next().unwrap().to_string();
+                let _ = tx.send(addr);
+            }
+        });
         let addr = match rx.recv_timeout(Duration::from_secs(30)) {
             Ok(a) => a.parse().unwrap(),
             Err(_) => {
                 let _ = child.kill();
-                panic!("serve did not start:\n{}", log.lock().unwrap());
+                panic!("serve did not start:\n{}", log.text());
             }
         };
         Relay { child, addr, log }
@@ -113,20 +96,19 @@ impl Relay {
         format!("http://{}{path}", self.addr)
     }
 
+    /// What serve has logged so far.
     pub fn log(&self) -> String {
-        self.log.lock().unwrap().clone()
+        self.log.text()
     }
 
-    /// SIGTERM, then wait (at most `within`) for the exit status.
+    /// SIGTERM, then wait (at most `within`) for the exit status; [`Relay::log`] then
+    /// holds everything serve wrote.
     pub fn terminate(&mut self, within: Duration) -> ExitStatus {
-        let ok = Command::new("kill")
-            .args(["-TERM", &self.child.id().to_string()])
-            .status()
-            .unwrap();
-        assert!(ok.success());
+        signal(self.child.id(), "TERM");
         let start = Instant::now();
         loop {
             if let Some(s) = self.child.try_wait().unwrap() {
+                self.log.wait_eof();
                 return s;
             }
             if start.elapsed() > within {
@@ -151,17 +133,5 @@ impl Drop for Relay {
     fn drop(&mut self) {
         let _ = self.child.kill();
         let _ = self.child.wait();
-    }
-}
-
-/// Poll `f` until it is true or `secs` pass.
-pub async fn eventually(secs: u64, what: &str, mut f: impl FnMut() -> bool) {
-    let start = Instant::now();
-    while !f() {
-        assert!(
-            start.elapsed() < Duration::from_secs(secs),
-            "timed out waiting for {what}"
-        );
-        tokio::time::sleep(Duration::from_millis(20)).await;
     }
 }

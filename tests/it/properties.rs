@@ -1,11 +1,9 @@
 //! Property tests: invariants of the interpreter, the casing table and the sink, for
 //! arbitrary Segment-like events (unicode, nulls, nesting, colons, missing fields).
 //!
-//! `PROPTEST_CASES=N cargo test --test properties` runs more cases than the default.
+//! `PROPTEST_CASES=N cargo test --test it properties::` runs more cases than the default.
 
-mod common;
-
-use common::*;
+use crate::support::*;
 use proptest::prelude::*;
 use serde_json::{Map, Value, json};
 use sfmc_relay::commands::transform;
@@ -465,41 +463,17 @@ fn delivery_event() -> impl Strategy<Value = Value> {
 /// Deliver `events` through the ecommerce rules with `batch_rows` to a fresh simulator;
 /// the rows that landed, per data extension, sorted.
 async fn landed(events: &[Value], batch_rows: usize, tmp: &Path) -> BTreeMap<String, Vec<Value>> {
-    use sfmc_relay::commands::run::{InputKind, RunOptions, run};
     let dir = rules_dir(&Settings {
         batch_rows,
         linger: "5ms",
         ..Settings::default()
     });
-    let program = Arc::new(
-        rules::load(Some(dir.path()), &sfmc_relay::env::Env::empty(), 1)
-            .unwrap()
-            .program,
-    );
-    let sim = sfmc_relay::sim::start(
-        sfmc_relay::sim::SimConfig::default(),
-        "127.0.0.1:0".parse().unwrap(),
-    )
-    .await
-    .unwrap();
+    let program = load(dir.path());
+    let sim = start_sim("").await;
     let input = tmp.join(format!("in-{batch_rows}.ndjson"));
     write_ndjson(&input, events);
-    let base = sim.base_url().to_string();
-    let opts = RunOptions {
-        input: Some(input),
-        input_kind: InputKind::Events,
-        dead_letter: tmp.join(format!("dead-{batch_rows}.ndjson")),
-        requests_per_second: None,
-        progress: false,
-        env: sfmc_relay::env::Env::from_map([
-            ("SFMC_CLIENT_ID", "p"),
-            ("SFMC_CLIENT_SECRET", "q"),
-            ("SFMC_AUTH_URL", &base),
-            ("SFMC_REST_URL", &base),
-        ]),
-        state_dir: None,
-    };
-    let summary = run(Arc::new(move || program.clone()), opts).await.unwrap();
+    let dead = tmp.join(format!("dead-{batch_rows}.ndjson"));
+    let summary = deliver(&program, &input, &dead, sim_env(&sim, &[])).await;
     assert_eq!(summary.dead_lettered, 0, "{}", summary.render());
     let mut out = BTreeMap::new();
     for de in ["orders", "contacts"] {

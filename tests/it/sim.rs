@@ -4,7 +4,9 @@ use std::time::Duration;
 
 use reqwest::{Client, StatusCode};
 use serde_json::{Value, json};
-use sfmc_relay::sim::{self, Faults, SimConfig, SimHandle};
+use sfmc_relay::sim::{Faults, SimHandle};
+
+use crate::support::{post_rowset, start_sim};
 
 const CONFIG: &str = r#"
 token_lifetime: 1079
@@ -19,13 +21,6 @@ data_extensions:
     columns: { Name: Text(20) }
 api_events: [Order-Placed]
 "#;
-
-async fn start_yaml(yaml: &str) -> SimHandle {
-    let config = SimConfig::from_yaml(yaml).expect("config");
-    sim::start(config, "127.0.0.1:0".parse().unwrap())
-        .await
-        .expect("start")
-}
 
 async fn token(client: &Client, sim: &SimHandle) -> String {
     let resp = client
@@ -42,7 +37,7 @@ async fn token(client: &Client, sim: &SimHandle) -> String {
 }
 
 async fn setup() -> (SimHandle, Client, String) {
-    let sim = start_yaml(CONFIG).await;
+    let sim = start_sim(CONFIG).await;
     let client = Client::new();
     let token = token(&client, &sim).await;
     (sim, client, token)
@@ -55,18 +50,8 @@ async fn rowset(
     key: &str,
     rows: Value,
 ) -> (StatusCode, Value) {
-    let resp = client
-        .post(format!(
-            "{}/hub/v1/dataevents/key:{key}/rowset",
-            sim.base_url()
-        ))
-        .bearer_auth(tok)
-        .json(&rows)
-        .send()
-        .await
-        .unwrap();
-    let status = resp.status();
-    (status, resp.json().await.unwrap_or(Value::Null))
+    let (status, body) = post_rowset(client, sim, tok, key, &rows.to_string()).await;
+    (status, serde_json::from_str(&body).unwrap_or(Value::Null))
 }
 
 async fn get_json(client: &Client, url: String) -> Value {
@@ -81,7 +66,7 @@ fn order(id: &str, contact: &str, values: Value) -> Value {
 
 #[tokio::test]
 async fn token_v2_json_and_form() {
-    let sim = start_yaml(CONFIG).await;
+    let sim = start_sim(CONFIG).await;
     let client = Client::new();
     let resp = client
         .post(format!("{}/v2/token", sim.base_url()))
@@ -123,7 +108,7 @@ async fn token_v2_json_and_form() {
 
 #[tokio::test]
 async fn token_v1() {
-    let sim = start_yaml(CONFIG).await;
+    let sim = start_sim(CONFIG).await;
     let client = Client::new();
     let resp = client
         .post(format!("{}/v1/requestToken", sim.base_url()))
@@ -161,7 +146,7 @@ async fn token_v1() {
 
 #[tokio::test]
 async fn bad_credentials_and_grant_type() {
-    let sim = start_yaml(CONFIG).await;
+    let sim = start_sim(CONFIG).await;
     let client = Client::new();
     let url = format!("{}/v2/token", sim.base_url());
     let resp = client
@@ -200,7 +185,7 @@ async fn bad_credentials_and_grant_type() {
     assert_eq!(resp.status(), 400);
 
     // Empty client list: any non-empty id/secret is accepted, empty ones are not.
-    let open = start_yaml("").await;
+    let open = start_sim("").await;
     let url = format!("{}/v2/token", open.base_url());
     let ok = client
         .post(&url)
@@ -268,7 +253,7 @@ async fn rest_requires_a_valid_token() {
     .await;
 
     // Expired.
-    let short = start_yaml("token_lifetime: 1").await;
+    let short = start_sim("token_lifetime: 1").await;
     let resp = client
         .post(format!("{}/v2/token", short.base_url()))
         .json(&json!({"grant_type":"client_credentials","client_id":"a","client_secret":"b"}))
@@ -589,7 +574,7 @@ async fn case_insensitive_columns_and_unknown_columns() {
 
 #[tokio::test]
 async fn unknown_data_extensions_accepted() {
-    let sim = start_yaml("unknown_data_extensions: accept").await;
+    let sim = start_sim("unknown_data_extensions: accept").await;
     let client = Client::new();
     let tok = sim.state().issue_token();
     let (status, _) = rowset(

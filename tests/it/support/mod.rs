@@ -1,12 +1,28 @@
-//! Helpers shared by the delivery tests (in-process `run` and the CLI).
+//! What the integration tests share: one way to start the simulator (`sim`), to run the
+//! relay binary (`process`), to run `run`/`replay` in-process (`run`), to start `serve`
+//! (`serve`), the Kafka tests' helpers and workload (`kafka`, `workload`), and here the
+//! test data: rule directories, events, NDJSON files, dead letters, stored rows, waiting.
+//!
+//! The items of `process`, `run` and `sim` are re-exported here: `use crate::support::*;`.
 #![allow(dead_code)]
 
 #[cfg(feature = "kafka")]
 pub mod kafka;
+pub mod process;
+pub mod run;
+pub mod serve;
+pub mod sim;
 pub mod workload;
 
-use serde_json::{Value, json};
+pub use process::*;
+pub use run::*;
+pub use sim::*;
+
+use serde_json::{Map, Value, json};
+use sfmc_relay::rules::{self, Program};
 use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
 
 /// The repository root.
 pub fn root() -> PathBuf {
@@ -72,6 +88,12 @@ base_delay: {}\n    max_delay: {}\n",
     dir
 }
 
+/// Compile a rules directory (no environment variables).
+pub fn load(dir: &Path) -> Arc<Program> {
+    let loaded = rules::load(Some(dir), &sfmc_relay::env::Env::empty(), 1).expect("rules compile");
+    Arc::new(loaded.program)
+}
+
 pub fn identify(user: &str, traits: Value) -> Value {
     json!({"type": "identify", "messageId": format!("id-{user}-{}", fastrand::u64(..)), "userId": user, "traits": traits})
 }
@@ -118,4 +140,37 @@ pub fn find_row<'a>(rows: &'a [Value], keys: &serde_json::Map<String, Value>) ->
                     .any(|(rk, rv)| rk.eq_ignore_ascii_case(k) && rv == v)
             })
     })
+}
+
+/// A key map from (column, value) pairs, for [`find_row`].
+pub fn key(pairs: &[(&str, &str)]) -> Map<String, Value> {
+    pairs
+        .iter()
+        .map(|(k, v)| (k.to_string(), Value::String(v.to_string())))
+        .collect()
+}
+
+/// Wait until `cond` holds (checked every 20 ms), or fail naming `what`.
+pub async fn wait_until(what: &str, within: Duration, mut cond: impl FnMut() -> bool) {
+    let deadline = Instant::now() + within;
+    while !cond() {
+        assert!(
+            Instant::now() < deadline,
+            "timed out after {within:?} waiting for {what}"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
+
+/// Send the in-process relays' log lines (`RUST_LOG`, default `warn,sfmc_relay=info`) to
+/// the running test's output. The subscriber is global to the process, so whichever test
+/// calls this first installs it for every test of the binary; later calls do nothing.
+pub fn log_to_test_output() {
+    let _ = tracing_subscriber::fmt()
+        .with_test_writer()
+        .with_env_filter(
+            tracing_subscriber::EnvFilter::try_from_env("RUST_LOG")
+                .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("warn,sfmc_relay=info")),
+        )
+        .try_init();
 }

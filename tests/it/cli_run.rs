@@ -1,59 +1,13 @@
 //! `sfmc-relay run` / `replay` as real processes against an in-process SFMC simulator.
 
-mod common;
-
-use common::*;
+use crate::support::*;
 use serde_json::{Map, Value, json};
-use sfmc_relay::sim::{self, SimConfig, SimHandle};
+use sfmc_relay::sim::SimHandle;
 use std::path::Path;
-use std::process::{Output, Stdio};
+use std::process::Stdio;
 use std::time::{Duration, Instant};
 use tokio::io::AsyncWriteExt;
-use tokio::process::Command;
-
-const BIN: &str = env!("CARGO_BIN_EXE_sfmc-relay");
-
-async fn start_sim(yaml: &str) -> SimHandle {
-    let config = SimConfig::from_yaml(yaml).expect("sim config");
-    sim::start(config, "127.0.0.1:0".parse().unwrap())
-        .await
-        .expect("sim start")
-}
-
-/// The relay with a clean environment (nothing inherited from the test runner).
-fn relay(args: &[&str], env: &[(&str, &str)]) -> Command {
-    let mut c = Command::new(BIN);
-    c.args(args).env_clear().kill_on_drop(true);
-    for (k, v) in env {
-        c.env(k, v);
-    }
-    c
-}
-
-fn sim_env<'a>(sim: &'a SimHandle, secret: &'a str) -> Vec<(&'a str, &'a str)> {
-    vec![
-        ("SFMC_CLIENT_ID", "cli-client"),
-        ("SFMC_CLIENT_SECRET", secret),
-        ("SFMC_AUTH_URL", sim.base_url()),
-        ("SFMC_REST_URL", sim.base_url()),
-    ]
-}
-
-async fn output(mut c: Command) -> Output {
-    c.stdin(Stdio::null());
-    tokio::time::timeout(Duration::from_secs(30), c.output())
-        .await
-        .expect("relay finished in time")
-        .expect("relay started")
-}
-
-fn text(b: &[u8]) -> String {
-    String::from_utf8_lossy(b).into_owned()
-}
-
-fn path(p: &Path) -> &str {
-    p.to_str().unwrap()
-}
+use tokio::process::Child;
 
 #[tokio::test(flavor = "multi_thread")]
 async fn subdomain_injection_is_a_config_error_and_nothing_is_sent() {
@@ -95,29 +49,26 @@ async fn subdomain_injection_is_a_config_error_and_nothing_is_sent() {
         "mc563885gzs27c5t9-63k636ttg ",
         " mc563885gzs27c5t9-63k636ttg",
     ] {
-        let mut env = sim_env(&sim, "s3cret");
-        env.push(("SFMC_SUBDOMAIN", bad));
+        let env = sim_env(&sim, &[("SFMC_SUBDOMAIN", bad)]);
         let out = output(relay(&args, &env)).await;
         let err = text(&out.stderr);
         assert_eq!(out.status.code(), Some(2), "{bad}: {err}");
         assert!(err.contains("subdomain"), "{bad}: {err}");
         assert!(err.contains("`mc` followed by 26"), "{bad}: {err}");
-        assert!(!err.contains("s3cret"));
+        assert!(!err.contains(CLIENT_SECRET));
     }
     assert!(sim.stats().calls.is_empty(), "{:?}", sim.stats());
     assert!(!dead.exists());
 
     // Empty is unset: the legacy v1 endpoints.
-    let mut env = sim_env(&sim, "s3cret");
-    env.push(("SFMC_SUBDOMAIN", ""));
+    let env = sim_env(&sim, &[("SFMC_SUBDOMAIN", "")]);
     let out = output(relay(&args, &env)).await;
     assert_eq!(out.status.code(), Some(0), "{}", text(&out.stderr));
     assert_eq!(sim.stats().calls_to("POST /v1/requestToken"), 1);
     assert_eq!(sim.stats().calls_to("POST /v2/token"), 0);
 
     // A valid subdomain: v2.
-    let mut env = sim_env(&sim, "s3cret");
-    env.push(("SFMC_SUBDOMAIN", "MC563885gzs27c5t9-63k636ttgm"));
+    let env = sim_env(&sim, &[("SFMC_SUBDOMAIN", "MC563885gzs27c5t9-63k636ttgm")]);
     let out = output(relay(&args, &env)).await;
     assert_eq!(out.status.code(), Some(0), "{}", text(&out.stderr));
     assert_eq!(sim.stats().calls_to("POST /v2/token"), 1);
@@ -144,11 +95,7 @@ async fn secrets_and_tokens_never_appear_in_output() {
 
     let rejecting =
         start_sim("clients: [{ client_id: other, client_secret: other-secret }]\n").await;
-    let accepting = start_sim(&format!(
-        "clients: [{{ client_id: cli-client, client_secret: \"{secret}\" }}]\n\
-data_extensions:\n  contacts:\n    primary_keys: [Contact Key]\n    columns: {{ Contact Key: Text(254), Email: EmailAddress }}\n"
-    ))
-    .await;
+    let accepting = start_sim(&(only_client(&secret) + CONTACTS_WITH_EMAIL)).await;
     for (name, sim, subdomain) in [
         ("rejecting-v1", &rejecting, ""),
         ("rejecting-v2", &rejecting, "mc563885gzs27c5t9-63k636ttgm"),
@@ -156,9 +103,14 @@ data_extensions:\n  contacts:\n    primary_keys: [Contact Key]\n    columns: {{ 
         ("accepting-v1", &accepting, ""),
     ] {
         let dead = tmp.path().join(format!("{name}.ndjson"));
-        let mut env = sim_env(sim, &secret);
-        env.push(("RUST_LOG", "debug"));
-        env.push(("SFMC_SUBDOMAIN", subdomain));
+        let env = sim_env(
+            sim,
+            &[
+                ("SFMC_CLIENT_SECRET", &secret),
+                ("RUST_LOG", "debug"),
+                ("SFMC_SUBDOMAIN", subdomain),
+            ],
+        );
         let out = output(relay(
             &[
                 "run",
@@ -207,18 +159,16 @@ data_extensions:\n  contacts:\n    primary_keys: [Contact Key]\n    columns: {{ 
         vec!["sim", "--help"],
     ] {
         let env = [
-            ("SFMC_CLIENT_ID", "cli-client"),
+            ("SFMC_CLIENT_ID", CLIENT_ID),
             ("SFMC_CLIENT_SECRET", secret.as_str()),
         ];
-        let out = output(relay(&args, &env)).await;
+        let out = output(relay(&args, env)).await;
         assert_eq!(out.status.code(), Some(0));
         let all = text(&out.stdout) + &text(&out.stderr);
         assert!(all.contains("Usage"), "{all}");
         assert!(!all.contains(&secret), "{args:?}: {all}");
     }
 }
-
-const TYPED_CONTACTS: &str = "data_extensions:\n  contacts:\n    primary_keys: [Contact Key]\n    columns: { Contact Key: Text(254), Email: EmailAddress }\n";
 
 #[tokio::test(flavor = "multi_thread")]
 async fn strict_exit_code_and_replay_of_the_dead_letter_file() {
@@ -238,8 +188,8 @@ async fn strict_exit_code_and_replay_of_the_dead_letter_file() {
         .collect();
     write_ndjson(&input, &events);
 
-    let strict_sim = start_sim(TYPED_CONTACTS).await;
-    let env = sim_env(&strict_sim, "s3cret");
+    let strict_sim = start_sim(CONTACTS_WITH_EMAIL).await;
+    let env = sim_env(&strict_sim, &[]);
     let out = output(relay(
         &[
             "run",
@@ -274,7 +224,7 @@ async fn strict_exit_code_and_replay_of_the_dead_letter_file() {
     // Fixed data extension: replaying the dead letters lands them; --strict is then happy.
     let fixed = start_sim("").await;
     let dead2 = tmp.path().join("dead2.ndjson");
-    let env = sim_env(&fixed, "s3cret");
+    let env = sim_env(&fixed, &[]);
     let out = output(relay(
         &[
             "replay",
@@ -319,7 +269,7 @@ async fn without_credentials_the_builtin_simulator_is_used() {
             "--dead-letter",
             path(&dead),
         ],
-        &[],
+        NO_ENV,
     ))
     .await;
     let stderr = text(&out.stderr);
@@ -341,11 +291,31 @@ async fn without_credentials_the_builtin_simulator_is_used() {
             "--input",
             path(&events),
         ],
-        &[("SFMC_CLIENT_ID", "x")],
+        [("SFMC_CLIENT_ID", "x")],
     ))
     .await;
     assert_eq!(out.status.code(), Some(2));
     assert!(text(&out.stderr).contains("SFMC_CLIENT_SECRET"));
+}
+
+/// `run -q` reading events from a pipe (stdin, stdout and stderr piped), against `sim`.
+fn run_from_stdin(rules: &Path, dead: &Path, sim: &SimHandle) -> Child {
+    relay(
+        &[
+            "run",
+            "--rules",
+            path(rules),
+            "--dead-letter",
+            path(dead),
+            "-q",
+        ],
+        &sim_env(sim, &[]),
+    )
+    .stdin(Stdio::piped())
+    .stdout(Stdio::piped())
+    .stderr(Stdio::piped())
+    .spawn()
+    .expect("spawn relay")
 }
 
 #[tokio::test(flavor = "multi_thread")]
@@ -360,22 +330,7 @@ async fn sigterm_flushes_in_flight_rows() {
     let tmp = tempfile::tempdir().unwrap();
     let dead = tmp.path().join("dead.ndjson");
     let n = 230;
-    let mut child = relay(
-        &[
-            "run",
-            "--rules",
-            path(rules.path()),
-            "--dead-letter",
-            path(&dead),
-            "-q",
-        ],
-        &sim_env(&sim, "s3cret"),
-    )
-    .stdin(Stdio::piped())
-    .stdout(Stdio::piped())
-    .stderr(Stdio::piped())
-    .spawn()
-    .expect("spawn relay");
+    let mut child = run_from_stdin(rules.path(), &dead, &sim);
     let mut stdin = child.stdin.take().unwrap();
     let mut input = String::new();
     for i in 0..n {
@@ -386,21 +341,15 @@ async fn sigterm_flushes_in_flight_rows() {
     stdin.flush().await.unwrap();
 
     // Wait until full batches landed (partial ones are still lingering).
-    let deadline = Instant::now() + Duration::from_secs(15);
-    while sim.rows("orders").is_empty() {
-        assert!(Instant::now() < deadline, "no rows landed");
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
+    wait_until("rows to land", Duration::from_secs(15), || {
+        !sim.rows("orders").is_empty()
+    })
+    .await;
     tokio::time::sleep(Duration::from_millis(200)).await;
     let before = sim.rows("orders").len();
     assert!(before < n, "everything landed before the signal ({before})");
 
-    let pid = child.id().unwrap().to_string();
-    let status = std::process::Command::new("kill")
-        .args(["-TERM", &pid])
-        .status()
-        .unwrap();
-    assert!(status.success());
+    signal(child.id().unwrap(), "TERM");
     let started = Instant::now();
     let out = tokio::time::timeout(Duration::from_secs(10), child.wait_with_output())
         .await
@@ -431,22 +380,7 @@ async fn sigterm_with_a_backlog_loses_nothing_read() {
     let tmp = tempfile::tempdir().unwrap();
     let dead = tmp.path().join("dead.ndjson");
     let n = 9000;
-    let mut child = relay(
-        &[
-            "run",
-            "--rules",
-            path(rules.path()),
-            "--dead-letter",
-            path(&dead),
-            "-q",
-        ],
-        &sim_env(&sim, "s3cret"),
-    )
-    .stdin(Stdio::piped())
-    .stdout(Stdio::piped())
-    .stderr(Stdio::piped())
-    .spawn()
-    .expect("spawn relay");
+    let mut child = run_from_stdin(rules.path(), &dead, &sim);
     let mut stdin = child.stdin.take().unwrap();
     let writer = tokio::spawn(async move {
         for i in 0..n {
@@ -459,19 +393,11 @@ async fn sigterm_with_a_backlog_loses_nothing_read() {
         let _ = stdin.flush().await;
         stdin // kept open
     });
-    let deadline = Instant::now() + Duration::from_secs(15);
-    while sim.rows("orders").len() < 100 {
-        assert!(Instant::now() < deadline, "no rows landed");
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
-    let pid = child.id().unwrap().to_string();
-    assert!(
-        std::process::Command::new("kill")
-            .args(["-TERM", &pid])
-            .status()
-            .unwrap()
-            .success()
-    );
+    wait_until("100 rows to land", Duration::from_secs(15), || {
+        sim.rows("orders").len() >= 100
+    })
+    .await;
+    signal(child.id().unwrap(), "TERM");
     let out = tokio::time::timeout(Duration::from_secs(40), child.wait_with_output())
         .await
         .expect("relay stopped after SIGTERM")
@@ -524,7 +450,7 @@ async fn corpus_writes_n_events_from_u_users_in_the_required_mix() {
             "-o",
             file.to_str().unwrap(),
         ],
-        &[],
+        NO_ENV,
     ))
     .await;
     assert!(out.status.success(), "{}", text(&out.stderr));
@@ -546,6 +472,6 @@ async fn corpus_writes_n_events_from_u_users_in_the_required_mix() {
     assert_eq!(count(&|e| e["event"] == "Order Completed"), 100);
     assert_eq!(count(&|e| e["event"] == "Product Viewed"), 100);
     // The same seed gives the same corpus, on stdout too.
-    let again = output(relay(&["corpus", "-n", "400", "--users", "7"], &[])).await;
+    let again = output(relay(&["corpus", "-n", "400", "--users", "7"], NO_ENV)).await;
     assert_eq!(again.stdout, std::fs::read(&file).unwrap());
 }

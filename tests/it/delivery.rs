@@ -1,85 +1,18 @@
 //! End-to-end delivery: `run`/`replay` in-process against the SFMC simulator on loopback.
 
-mod common;
-
-use common::*;
+use crate::support::*;
 use serde_json::{Map, Value, json};
 use sfmc_relay::action::Action;
-use sfmc_relay::commands::run::{InputKind, RunError, RunOptions, RunSummary, run};
+use sfmc_relay::commands::run::{InputKind, RunError, RunSummary};
 use sfmc_relay::event::{Line, parse_line};
-use sfmc_relay::rules::{self, Program};
-use sfmc_relay::sim::{self, SimConfig, SimHandle};
+use sfmc_relay::rules::Program;
+use sfmc_relay::sim::SimHandle;
 use sfmc_relay::transform::{Outcome, Trace, transform};
 use std::collections::{BTreeMap, BTreeSet, HashMap};
-use std::path::{Path, PathBuf};
-use std::sync::Arc;
+use std::path::Path;
 
 const ROWSET: &str = "POST /hub/v1/dataevents/{key}/rowset";
 const CONTACTS: &str = "POST /contacts/v1/contacts";
-
-fn load(dir: &Path) -> Arc<Program> {
-    let loaded = rules::load(Some(dir), &sfmc_relay::env::Env::empty(), 1).expect("rules compile");
-    Arc::new(loaded.program)
-}
-
-async fn start_sim(yaml: &str) -> SimHandle {
-    let config = SimConfig::from_yaml(yaml).expect("sim config");
-    sim::start(config, "127.0.0.1:0".parse().unwrap())
-        .await
-        .expect("sim start")
-}
-
-/// Environment pointing the relay at `sim` (legacy v1 unless `extra` sets a subdomain).
-fn env_for(sim: &SimHandle, extra: &[(&str, &str)]) -> HashMap<String, String> {
-    let mut env = sim.client_env();
-    for (k, v) in extra {
-        env.insert(k.to_string(), v.to_string());
-    }
-    env
-}
-
-struct Run {
-    program: Arc<Program>,
-    input: PathBuf,
-    dead: PathBuf,
-    kind: InputKind,
-    env: HashMap<String, String>,
-}
-
-impl Run {
-    async fn go(self) -> Result<RunSummary, RunError> {
-        let program = self.program;
-        let env = self.env;
-        let opts = RunOptions {
-            input: Some(self.input),
-            input_kind: self.kind,
-            dead_letter: self.dead,
-            requests_per_second: None,
-            progress: false,
-            env: env.into(),
-            state_dir: None,
-        };
-        run(Arc::new(move || program.clone()), opts).await
-    }
-}
-
-async fn deliver(
-    program: &Arc<Program>,
-    input: &Path,
-    dead: &Path,
-    env: HashMap<String, String>,
-) -> RunSummary {
-    Run {
-        program: program.clone(),
-        input: input.to_path_buf(),
-        dead: dead.to_path_buf(),
-        kind: InputKind::Events,
-        env,
-    }
-    .go()
-    .await
-    .expect("run")
-}
 
 fn assert_accounted(s: &RunSummary) {
     assert_eq!(
@@ -215,7 +148,7 @@ async fn example_events_land_as_transform_says() {
     let sim = start_sim("").await;
     let tmp = tempfile::tempdir().unwrap();
     let dead = tmp.path().join("dead.ndjson");
-    let s = deliver(&program, &example_events(), &dead, env_for(&sim, &[])).await;
+    let s = deliver(&program, &example_events(), &dead, sim_env(&sim, &[])).await;
     let exp = expected(&program, &example_events());
 
     assert_landed(&sim, &exp);
@@ -256,7 +189,7 @@ async fn thousands_of_events_use_one_token_and_legacy_v1() {
         }
     }
     write_ndjson(&input, &events);
-    let s = deliver(&program, &input, &dead, env_for(&sim, &[])).await;
+    let s = deliver(&program, &input, &dead, sim_env(&sim, &[])).await;
     assert_accounted(&s);
     assert_eq!(s.delivered, 3000, "{}", s.render());
     assert_eq!(s.client.token_requests, 1);
@@ -283,7 +216,7 @@ async fn v2_path_with_a_valid_subdomain() {
         &program,
         &example_events(),
         &dead,
-        env_for(&sim, &[("SFMC_SUBDOMAIN", sub)]),
+        sim_env(&sim, &[("SFMC_SUBDOMAIN", sub)]),
     )
     .await;
     assert_accounted(&s);
@@ -313,7 +246,7 @@ async fn invalid_subdomains_are_config_errors_and_nothing_is_sent() {
             input: example_events(),
             dead: dead.clone(),
             kind: InputKind::Events,
-            env: env_for(&sim, &[("SFMC_SUBDOMAIN", bad)]),
+            env: sim_env(&sim, &[("SFMC_SUBDOMAIN", bad)]),
         }
         .go()
         .await;
@@ -333,7 +266,7 @@ async fn invalid_subdomains_are_config_errors_and_nothing_is_sent() {
         &program,
         &example_events(),
         &dead,
-        env_for(&sim, &[("SFMC_SUBDOMAIN", "")]),
+        sim_env(&sim, &[("SFMC_SUBDOMAIN", "")]),
     )
     .await;
     assert_accounted(&s);
@@ -359,7 +292,7 @@ async fn token_refreshed_when_it_expires_mid_stream() {
         .collect();
     write_ndjson(&input, &events);
     let started = std::time::Instant::now();
-    let s = deliver(&program, &input, &dead, env_for(&sim, &[])).await;
+    let s = deliver(&program, &input, &dead, sim_env(&sim, &[])).await;
     assert!(started.elapsed() > std::time::Duration::from_secs(3));
     assert_accounted(&s);
     assert_eq!(s.delivered, 120, "{}", s.render());
@@ -397,7 +330,7 @@ async fn storm_of_429_500_and_bare_10006_loses_nothing() {
         });
     }
     write_ndjson(&input, &events);
-    let s = deliver(&program, &input, &dead, env_for(&sim, &[])).await;
+    let s = deliver(&program, &input, &dead, sim_env(&sim, &[])).await;
     assert_accounted(&s);
     assert_eq!(s.delivered, 400, "{}", s.render());
     assert!(dead_letters(&dead).is_empty());
@@ -457,7 +390,7 @@ async fn bad_rows_are_isolated_and_dead_lettered_with_sfmc_message() {
         text.push('\n');
     }
     std::fs::write(&input, text).unwrap();
-    let s = deliver(&program, &input, &dead, env_for(&sim, &[])).await;
+    let s = deliver(&program, &input, &dead, sim_env(&sim, &[])).await;
     assert_accounted(&s);
     assert_eq!(s.delivered, 145, "{}", s.render());
     assert_eq!(s.dead_lettered, 5);
@@ -537,7 +470,7 @@ async fn same_key_updates_coalesce_keep_order_and_contacts_are_created_once() {
         }
     }
     write_ndjson(&input, &events);
-    let s = deliver(&program, &input, &dead, env_for(&sim, &[])).await;
+    let s = deliver(&program, &input, &dead, sim_env(&sim, &[])).await;
     assert_accounted(&s);
     let total = (users * rounds) as u64;
     assert_eq!(s.delivered, total, "{}", s.render());
@@ -591,7 +524,7 @@ async fn replay_sends_dead_letters_again() {
         })
         .collect();
     write_ndjson(&input, &events);
-    let s = deliver(&program, &input, &dead, env_for(&strict, &[])).await;
+    let s = deliver(&program, &input, &dead, sim_env(&strict, &[])).await;
     assert_eq!((s.delivered, s.dead_lettered), (36, 4), "{}", s.render());
     assert_eq!(dead_letters(&dead).len(), 4);
 
@@ -606,7 +539,7 @@ async fn replay_sends_dead_letters_again() {
         input: dead.clone(),
         dead: dead2.clone(),
         kind: InputKind::DeadLetters,
-        env: env_for(&fixed, &[]),
+        env: sim_env(&fixed, &[]),
     }
     .go()
     .await
@@ -636,7 +569,7 @@ async fn rejected_credentials_dead_letter_everything_without_the_secret() {
         &program,
         &example_events(),
         &dead,
-        env_for(&sim, &[("SFMC_CLIENT_SECRET", secret)]),
+        sim_env(&sim, &[("SFMC_CLIENT_SECRET", secret)]),
     )
     .await;
     assert_accounted(&s);
@@ -672,7 +605,7 @@ async fn dead_letter_line_is_the_line_its_reason_names() {
     bytes.extend(std::iter::repeat_n(b'x', 1024 * 1024 + 10));
     bytes.push(b'\n');
     std::fs::write(&input, bytes).unwrap();
-    let s = deliver(&program, &input, &dead, env_for(&sim, &[])).await;
+    let s = deliver(&program, &input, &dead, sim_env(&sim, &[])).await;
     assert_accounted(&s);
     assert_eq!((s.delivered, s.dead_lettered), (1, 4), "{}", s.render());
     let lines: Vec<(u64, String)> = dead_letters(&dead)

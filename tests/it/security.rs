@@ -4,52 +4,11 @@
 //! `SFMC_CLIENT_SECRET` and `SFMC_RELAY_WRITE_KEYS` (the ingest server's write keys); the
 //! secrets must appear nowhere in stdout, stderr or dead letters.
 
-mod common;
-
-use common::*;
-use sfmc_relay::sim::{self, SimConfig, SimHandle};
-use std::path::Path;
-use std::process::{Output, Stdio};
+use crate::support::*;
+use sfmc_relay::sim::SimHandle;
+use std::collections::HashMap;
+use std::process::Stdio;
 use std::time::Duration;
-use tokio::process::Command;
-
-const BIN: &str = env!("CARGO_BIN_EXE_sfmc-relay");
-
-async fn start_sim(yaml: &str) -> SimHandle {
-    sim::start(
-        SimConfig::from_yaml(yaml).expect("sim config"),
-        "127.0.0.1:0".parse().unwrap(),
-    )
-    .await
-    .expect("sim start")
-}
-
-fn relay(args: &[&str], env: &[(&str, &str)]) -> Command {
-    let mut c = Command::new(BIN);
-    c.args(args).env_clear().kill_on_drop(true);
-    for (k, v) in env {
-        c.env(k, v);
-    }
-    c.stdin(Stdio::null());
-    c
-}
-
-async fn output(mut c: Command) -> Output {
-    tokio::time::timeout(Duration::from_secs(60), c.output())
-        .await
-        .expect("relay finished in time")
-        .expect("relay started")
-}
-
-fn text(b: &[u8]) -> String {
-    String::from_utf8_lossy(b).into_owned()
-}
-
-fn p(path: &Path) -> &str {
-    path.to_str().unwrap()
-}
-
-type Env = Vec<(String, String)>;
 
 struct Secrets {
     secret: String,
@@ -83,13 +42,8 @@ async fn no_subcommand_prints_a_secret() {
         attempts: 2,
         ..Settings::default()
     });
-    let rules_path = p(rules.path()).to_string();
-    let accepting = start_sim(&format!(
-        "clients: [{{ client_id: sec-client, client_secret: \"{}\" }}]\n\
-data_extensions:\n  contacts:\n    primary_keys: [Contact Key]\n    columns: {{ Contact Key: Text(254), Email: EmailAddress }}\n",
-        s.secret
-    ))
-    .await;
+    let rules_path = path(rules.path()).to_string();
+    let accepting = start_sim(&(only_client(&s.secret) + CONTACTS_WITH_EMAIL)).await;
     let rejecting = start_sim("clients: [{ client_id: other, client_secret: other }]\n").await;
 
     // Input: the examples, a malformed line, and an event carrying a bad email (dead letter).
@@ -101,22 +55,24 @@ data_extensions:\n  contacts:\n    primary_keys: [Contact Key]\n    columns: {{ 
     );
     std::fs::write(&input, events).unwrap();
 
-    let env_for = |sim: &SimHandle| -> Env {
-        vec![
-            ("RUST_LOG".into(), "debug".into()),
-            ("SFMC_CLIENT_ID".into(), "sec-client".into()),
-            ("SFMC_CLIENT_SECRET".into(), s.secret.clone()),
-            ("SFMC_RELAY_WRITE_KEYS".into(), s.write_key.clone()),
-            ("SFMC_AUTH_URL".into(), sim.base_url().to_string()),
-            ("SFMC_REST_URL".into(), sim.base_url().to_string()),
-        ]
+    // The secrets reach every subcommand through its own environment (never set_var:
+    // the tests of this binary share one process).
+    let env_for = |sim: &SimHandle| -> HashMap<String, String> {
+        sim_env(
+            sim,
+            &[
+                ("RUST_LOG", "debug"),
+                ("SFMC_CLIENT_SECRET", &s.secret),
+                ("SFMC_RELAY_WRITE_KEYS", &s.write_key),
+            ],
+        )
     };
 
-    let mut runs: Vec<(String, Vec<String>, Env)> = Vec::new();
+    let mut runs: Vec<(String, Vec<String>, HashMap<String, String>)> = Vec::new();
     let dead_ok = tmp.path().join("dead-ok.ndjson");
     let dead_rej = tmp.path().join("dead-rej.ndjson");
     let dead_replay = tmp.path().join("dead-replay.ndjson");
-    let input_s = p(&input).to_string();
+    let input_s = path(&input).to_string();
     runs.push((
         "transform".into(),
         vec![
@@ -145,7 +101,7 @@ data_extensions:\n  contacts:\n    primary_keys: [Contact Key]\n    columns: {{ 
                 "--input",
                 &input_s,
                 "--dead-letter",
-                p(dead),
+                path(dead),
                 "--no-watch",
             ]
             .into_iter()
@@ -183,8 +139,7 @@ data_extensions:\n  contacts:\n    primary_keys: [Contact Key]\n    columns: {{ 
 
     for (name, args, env) in &runs {
         let args: Vec<&str> = args.iter().map(String::as_str).collect();
-        let env: Vec<(&str, &str)> = env.iter().map(|(k, v)| (k.as_str(), v.as_str())).collect();
-        let mut cmd = relay(&args, &env);
+        let mut cmd = relay(&args, env);
         cmd.current_dir(root());
         let out = output(cmd).await;
         let (stdout, stderr) = (text(&out.stdout), text(&out.stderr));
@@ -207,15 +162,14 @@ data_extensions:\n  contacts:\n    primary_keys: [Contact Key]\n    columns: {{ 
 
     // replay the dead letters of the rejecting run into the accepting simulator.
     let env = env_for(&accepting);
-    let env: Vec<(&str, &str)> = env.iter().map(|(k, v)| (k.as_str(), v.as_str())).collect();
     let out = output(relay(
         &[
             "replay",
             "--rules",
             &rules_path,
-            p(&dead_rej),
+            path(&dead_rej),
             "--dead-letter",
-            p(&dead_replay),
+            path(&dead_replay),
         ],
         &env,
     ))
@@ -235,11 +189,7 @@ data_extensions:\n  contacts:\n    primary_keys: [Contact Key]\n    columns: {{ 
         .spawn()
         .unwrap();
     tokio::time::sleep(Duration::from_millis(1500)).await;
-    let pid = child.id().unwrap().to_string();
-    std::process::Command::new("kill")
-        .args(["-INT", &pid])
-        .status()
-        .unwrap();
+    signal(child.id().unwrap(), "INT");
     let out = tokio::time::timeout(Duration::from_secs(10), child.wait_with_output())
         .await
         .expect("sim stopped")
@@ -265,11 +215,11 @@ async fn rules_cannot_interpolate_secrets() {
         ("RUST_LOG", "debug"),
     ];
     for args in [
-        vec!["check", "--rules", p(rules.path())],
-        vec!["check", "--format", "json", "--rules", p(rules.path())],
-        vec!["transform", "--rules", p(rules.path()), "--no-watch"],
+        vec!["check", "--rules", path(rules.path())],
+        vec!["check", "--format", "json", "--rules", path(rules.path())],
+        vec!["transform", "--rules", path(rules.path()), "--no-watch"],
     ] {
-        let out = output(relay(&args, &env)).await;
+        let out = output(relay(&args, env)).await;
         let all = text(&out.stdout) + &text(&out.stderr);
         assert_ne!(out.status.code(), Some(0), "{args:?}: {all}");
         assert!(all.contains("SFMC_CLIENT_SECRET"), "{args:?}: {all}");
@@ -295,12 +245,12 @@ async fn a_ten_megabyte_line_is_rejected_and_the_stream_goes_on() {
         &[
             "transform",
             "--rules",
-            p(&rules),
+            path(&rules),
             "--input",
-            p(&input),
+            path(&input),
             "--no-watch",
         ],
-        &[],
+        NO_ENV,
     ))
     .await;
     assert_eq!(out.status.code(), Some(0), "{}", text(&out.stderr));
@@ -328,15 +278,15 @@ async fn a_ten_megabyte_line_is_rejected_and_the_stream_goes_on() {
         &[
             "run",
             "--rules",
-            p(&rules),
+            path(&rules),
             "--input",
-            p(&input),
+            path(&input),
             "--dead-letter",
-            p(&dead),
+            path(&dead),
             "-q",
             "--no-watch",
         ],
-        &[],
+        NO_ENV,
     ))
     .await;
     let stderr = text(&out.stderr);

@@ -6,12 +6,10 @@
 //! Each test has its own mock cluster, topic, simulator and relays. The mock's group
 //! coordinator waits 3 s before the first assignment (its `group.initial.rebalance.delay`);
 //! sessions time out after 3 s here.
-#![cfg(feature = "kafka")]
 
-mod common;
-
-use common::workload::*;
-use common::*;
+use crate::support::kafka::{ConsumeProcess, dead_letter_file, log_of, wait_for_log};
+use crate::support::workload::*;
+use crate::support::*;
 use rdkafka::ClientConfig;
 use rdkafka::mocking::MockCluster;
 use rdkafka::producer::{DefaultProducerContext, FutureProducer, FutureRecord};
@@ -19,13 +17,13 @@ use serde_json::{Value, json};
 use sfmc_relay::commands::consume::{self, ConsumeOptions};
 use sfmc_relay::commands::produce::{self, ProduceOptions};
 use sfmc_relay::commands::run::{RunError, RunSummary};
-use sfmc_relay::rules::{self, Program};
-use sfmc_relay::sim::{self, Faults, SimConfig, SimHandle};
+use sfmc_relay::rules::Program;
+use sfmc_relay::sim::{Faults, SimConfig, SimHandle};
 use sfmc_relay::source::kafka::{ConsumeStats, client_config};
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::sync::atomic::Ordering;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 use tokio::sync::oneshot;
 use tokio::task::JoinHandle;
 
@@ -39,13 +37,7 @@ struct Mock {
 
 fn mock() -> Mock {
     // The relays' and librdkafka's log lines go to the failing test's output.
-    let _ = tracing_subscriber::fmt()
-        .with_test_writer()
-        .with_env_filter(
-            tracing_subscriber::EnvFilter::try_from_env("RUST_LOG")
-                .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("warn,sfmc_relay=info")),
-        )
-        .try_init();
+    log_to_test_output();
     let cluster = MockCluster::new(1).expect("mock cluster");
     cluster
         .create_topic(TOPIC, PARTITIONS, 1)
@@ -54,19 +46,13 @@ fn mock() -> Mock {
     Mock { cluster, servers }
 }
 
-fn load(dir: &Path) -> Arc<Program> {
-    let loaded = rules::load(Some(dir), &sfmc_relay::env::Env::empty(), 1).expect("rules compile");
-    Arc::new(loaded.program)
-}
-
-async fn start_sim(faults: Faults) -> SimHandle {
-    let config = SimConfig {
+/// A permissive simulator with these faults.
+async fn sim_with(faults: Faults) -> SimHandle {
+    start_sim_with(SimConfig {
         faults,
         ..SimConfig::default()
-    };
-    sim::start(config, "127.0.0.1:0".parse().unwrap())
-        .await
-        .expect("sim start")
+    })
+    .await
 }
 
 /// How a test relay differs from the default.
@@ -131,10 +117,10 @@ fn start_relay(
         ("client.id", name.to_string()),
     ];
     let kafka = client_config(consume::DEFAULTS, None, &[], &forced).expect("client config");
-    let env = sim.client_env();
+    let env = sim_env(sim, &[]);
     let (tx, rx) = oneshot::channel::<()>();
     let stats = Arc::new(ConsumeStats::default());
-    let dead = dir.join(format!("{name}.deadletter.ndjson"));
+    let dead = dead_letter_file(dir, name);
     let opts = ConsumeOptions {
         topic: TOPIC.to_string(),
         kafka,
@@ -159,15 +145,6 @@ fn start_relay(
         task,
         stats,
         dead,
-    }
-}
-
-/// Wait until `cond` holds (checked every 50 ms), or fail with `what`.
-async fn wait_until(what: &str, within: Duration, mut cond: impl FnMut() -> bool) {
-    let deadline = Instant::now() + within;
-    while !cond() {
-        assert!(Instant::now() < deadline, "timed out waiting: {what}");
-        tokio::time::sleep(Duration::from_millis(50)).await;
     }
 }
 
@@ -223,7 +200,7 @@ async fn produce_raw(mock: &Mock, key: Option<&str>, payload: &[u8]) {
 
 /// Every message of `topic`: (key, payload).
 fn read_topic(mock: &Mock, topic: &str, partitions: i32) -> Vec<(Option<String>, Vec<u8>)> {
-    common::kafka::read_topic(&mock.servers, topic, partitions, Duration::from_secs(2))
+    crate::support::kafka::read_topic(&mock.servers, topic, partitions, Duration::from_secs(2))
         .into_iter()
         .map(|(key, _, payload)| (key, payload))
         .collect()
@@ -240,7 +217,7 @@ fn duplicated_api_events(sim: &SimHandle) -> Vec<(String, usize)> {
 async fn two_relays_split_the_partitions_and_deliver_everything_once() {
     let mock = mock();
     let dir = tempfile::tempdir().unwrap();
-    let sim = start_sim(Faults::default()).await;
+    let sim = start_sim("").await;
     let rules = rules_dir(&Settings::default());
     let program = load(rules.path());
 
@@ -289,8 +266,8 @@ async fn two_relays_split_the_partitions_and_deliver_everything_once() {
     assert_eq!(sa.delivered, sa.events, "{}", sa.render());
     assert_eq!(sb.delivered, sb.events, "{}", sb.render());
     assert!(sa.events + sb.events >= events.len() as u64);
-    assert!(dead_letters(&dir.path().join("a.deadletter.ndjson")).is_empty());
-    assert!(dead_letters(&dir.path().join("b.deadletter.ndjson")).is_empty());
+    assert!(dead_letters(&dead_letter_file(dir.path(), "a")).is_empty());
+    assert!(dead_letters(&dead_letter_file(dir.path(), "b")).is_empty());
 
     // The group committed everything: a new member of it reads nothing.
     let c = start_relay(&mock, "g", &program, &sim, dir.path(), "c", Opts::default());
@@ -303,7 +280,7 @@ async fn two_relays_split_the_partitions_and_deliver_everything_once() {
 async fn a_dropped_relay_s_partitions_are_taken_over_without_loss() {
     let mock = mock();
     let dir = tempfile::tempdir().unwrap();
-    let sim = start_sim(Faults::default()).await;
+    let sim = start_sim("").await;
     let rules = rules_dir(&Settings::default());
     let program = load(rules.path());
     // Slow delivery, so b is dropped mid-stream.
@@ -348,7 +325,7 @@ async fn a_dropped_relay_s_partitions_are_taken_over_without_loss() {
     let per_user = api_events_per_user(&sim);
     assert_eq!(per_user.len(), users, "every signup sent at least once");
     assert!(final_seq_wrong(&sim, users, "t2", 3).is_empty());
-    assert!(dead_letters(&dir.path().join("a.deadletter.ndjson")).is_empty());
+    assert!(dead_letters(&dead_letter_file(dir.path(), "a")).is_empty());
 }
 
 /// A real crash: `sfmc-relay consume` processes against the mock cluster, one killed with
@@ -359,44 +336,30 @@ async fn a_dropped_relay_s_partitions_are_taken_over_without_loss() {
 async fn a_killed_relay_process_s_partitions_are_taken_over_without_loss() {
     let mock = mock();
     let dir = tempfile::tempdir().unwrap();
-    let sim = start_sim(Faults::default()).await;
+    let sim = start_sim("").await;
     let rules = rules_dir(&Settings::default());
     let spawn = |name: &str| {
-        let log = std::fs::File::create(dir.path().join(format!("{name}.log"))).unwrap();
-        tokio::process::Command::new(env!("CARGO_BIN_EXE_sfmc-relay"))
-            .args(["consume", "--rules", rules.path().to_str().unwrap()])
-            .args(["--brokers", &mock.servers, "--topic", TOPIC, "--group", "g"])
-            .args(["--commit-interval-ms", "100", "--requests-per-second", "40"])
-            .args(["--no-watch", "--quiet", "--dead-letter"])
-            .arg(dir.path().join(format!("{name}.deadletter.ndjson")))
-            .env_clear()
-            .envs(sim.client_env())
-            .env("SFMC_RELAY_KAFKA_SESSION_TIMEOUT_MS", "3000")
-            .env("SFMC_RELAY_KAFKA_HEARTBEAT_INTERVAL_MS", "200")
-            .env("RUST_LOG", "warn,sfmc_relay=info")
-            .stdin(std::process::Stdio::null())
-            .stderr(log)
-            .kill_on_drop(true)
-            .spawn()
-            .expect("start consume")
+        ConsumeProcess {
+            brokers: &mock.servers,
+            topic: TOPIC,
+            group: "g",
+            rules: rules.path(),
+            dir: dir.path(),
+            name,
+            commit_interval_ms: 100,
+            session_timeout_ms: 3000,
+            heartbeat_interval_ms: 200,
+            args: &["--requests-per-second", "40"],
+        }
+        .spawn(&sim)
     };
-    let log = |name: &str| {
-        std::fs::read_to_string(dir.path().join(format!("{name}.log"))).unwrap_or_default()
-    };
+    let log = |name: &str| log_of(dir.path(), name);
+    let assigned = "partitions assigned";
     let mut a = spawn("a");
-    wait_until("a assigned", Duration::from_secs(30), || {
-        log("a").contains("partitions assigned")
-    })
-    .await;
+    wait_for_log(dir.path(), "a", assigned, 1, Duration::from_secs(30)).await;
     let mut b = spawn("b");
-    wait_until("b assigned", Duration::from_secs(30), || {
-        log("b").contains("partitions assigned")
-    })
-    .await;
-    wait_until("a reassigned", Duration::from_secs(30), || {
-        log("a").matches("partitions assigned").count() >= 2
-    })
-    .await;
+    wait_for_log(dir.path(), "b", assigned, 1, Duration::from_secs(30)).await;
+    wait_for_log(dir.path(), "a", assigned, 2, Duration::from_secs(30)).await;
 
     let users = 60;
     produce_events(&mock, dir.path(), &workload(users, "t8")).await;
@@ -420,24 +383,20 @@ async fn a_killed_relay_process_s_partitions_are_taken_over_without_loss() {
     );
     assert_eq!(api_events_per_user(&sim).len(), users, "every signup sent");
     assert!(final_seq_wrong(&sim, users, "t8", 3).is_empty());
-    let pid = a.id().expect("running").to_string();
-    let term = std::process::Command::new("kill")
-        .args(["-TERM", &pid])
-        .status();
-    assert!(term.unwrap().success());
+    signal(a.id().expect("running"), "TERM");
     let status = tokio::time::timeout(Duration::from_secs(30), a.wait())
         .await
         .expect("a stopped in time")
         .unwrap();
     assert!(status.success(), "{}", log("a"));
-    assert!(dead_letters(&dir.path().join("a.deadletter.ndjson")).is_empty());
+    assert!(dead_letters(&dead_letter_file(dir.path(), "a")).is_empty());
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn each_user_s_updates_land_in_order() {
     let mock = mock();
     let dir = tempfile::tempdir().unwrap();
-    let sim = start_sim(Faults::default()).await;
+    let sim = start_sim("").await;
     // Small batches and no linger: many rowset calls per user, so reordering would show.
     let rules = rules_dir(&Settings {
         batch_rows: 3,
@@ -481,7 +440,7 @@ async fn slow_sfmc_pauses_the_partitions_and_bounds_what_is_in_flight() {
         slow_ms: 300,
         ..Faults::default()
     };
-    let sim = start_sim(slow).await;
+    let sim = sim_with(slow).await;
     let rules = rules_dir(&Settings {
         max_in_flight: 2,
         batch_rows: 10,
@@ -557,7 +516,7 @@ async fn partitions_assigned_while_paused_start_paused() {
         slow_ms: 6000,
         ..Faults::default()
     };
-    let sim = start_sim(stall).await;
+    let sim = sim_with(stall).await;
     let rules = rules_dir(&Settings {
         max_in_flight: 2,
         ..Settings::default()
@@ -604,7 +563,7 @@ async fn dead_letters_also_go_to_the_dead_letter_topic() {
     let mock = mock();
     mock.cluster.create_topic("dead", 1, 1).unwrap();
     let dir = tempfile::tempdir().unwrap();
-    let sim = start_sim(Faults::default()).await;
+    let sim = start_sim("").await;
     let rules = rules_dir(&Settings::default());
     std::fs::write(
         rules.path().join("reject.yaml"),
@@ -682,7 +641,7 @@ async fn dead_letters_also_go_to_the_dead_letter_topic() {
 async fn duplicate_api_events_are_dropped_within_the_window() {
     let mock = mock();
     let dir = tempfile::tempdir().unwrap();
-    let sim = start_sim(Faults::default()).await;
+    let sim = start_sim("").await;
     let rules = rules_dir(&Settings::default());
     let program = load(rules.path());
     let users = 5;
@@ -788,7 +747,7 @@ async fn produce_refuses_lines_over_the_limit_and_goes_on() {
 async fn consume_skip_reasons_are_bounded() {
     let mock = mock();
     let dir = tempfile::tempdir().unwrap();
-    let sim = start_sim(Faults::default()).await;
+    let sim = sim_with(Faults::default()).await;
     let rules = rules_dir(&Settings::default());
     let program = load(rules.path());
     let a = start_relay(&mock, "g", &program, &sim, dir.path(), "a", Opts::default());

@@ -4,24 +4,21 @@
 //! installs it); each test starts its own broker (in-memory storage) on a free port, an
 //! in-process SFMC simulator, and real `sfmc-relay consume` processes.
 //! Without the variable the tests are skipped (with the reason printed), except under CI.
-#![cfg(feature = "kafka")]
 
-mod common;
-
-use common::workload::*;
-use common::*;
+use crate::support::kafka::{ConsumeProcess, dead_letter_file, log_of, wait_for_log};
+use crate::support::workload::*;
+use crate::support::*;
 use rdkafka::ClientConfig;
 use rdkafka::admin::{AdminClient, AdminOptions, NewTopic, TopicReplication};
 use rdkafka::client::DefaultClientContext;
 use serde_json::Value;
-use sfmc_relay::sim::{self, SimConfig, SimHandle};
+use sfmc_relay::sim::SimHandle;
 use std::collections::{HashMap, HashSet};
 use std::path::{Path, PathBuf};
 use std::process::Stdio;
 use std::time::{Duration, Instant};
-use tokio::process::{Child, Command};
+use tokio::process::Child;
 
-const BIN: &str = env!("CARGO_BIN_EXE_sfmc-relay");
 const PARTITIONS: i32 = 3;
 
 /// The broker binary, or `None` (test skipped) when it is not configured. `.ci/kafka-tests`
@@ -124,56 +121,19 @@ fn consumer(
     name: &str,
     extra: &[&str],
 ) -> Child {
-    let log = std::fs::File::create(dir.join(format!("{name}.log"))).unwrap();
-    let dead = dir.join(format!("{name}.deadletter.ndjson"));
-    let mut c = Command::new(BIN);
-    c.args([
-        "consume",
-        "--rules",
-        rules.to_str().unwrap(),
-        "--brokers",
-        &broker.addr,
-        "--topic",
+    ConsumeProcess {
+        brokers: &broker.addr,
         topic,
-        "--group",
         group,
-        "--commit-interval-ms",
-        "200",
-        "--dead-letter",
-        dead.to_str().unwrap(),
-        "--quiet",
-        "--no-watch",
-    ])
-    .args(extra)
-    .env_clear()
-    .env("SFMC_CLIENT_ID", "kafka-test")
-    .env("SFMC_CLIENT_SECRET", "secret")
-    .env("SFMC_AUTH_URL", sim.base_url())
-    .env("SFMC_REST_URL", sim.base_url())
-    .env("SFMC_RELAY_KAFKA_SESSION_TIMEOUT_MS", "6000")
-    .env("SFMC_RELAY_KAFKA_HEARTBEAT_INTERVAL_MS", "500")
-    .env("RUST_LOG", "warn,sfmc_relay=info")
-    .stdin(Stdio::null())
-    .stdout(Stdio::null())
-    .stderr(log)
-    .kill_on_drop(true);
-    c.spawn().expect("start consume")
-}
-
-fn log_of(dir: &Path, name: &str) -> String {
-    std::fs::read_to_string(dir.join(format!("{name}.log"))).unwrap_or_default()
-}
-
-async fn wait_for_log(dir: &Path, name: &str, needle: &str, within: Duration) {
-    let deadline = Instant::now() + within;
-    while !log_of(dir, name).contains(needle) {
-        assert!(
-            Instant::now() < deadline,
-            "{name} never logged {needle:?}; its log:\n{}",
-            log_of(dir, name)
-        );
-        tokio::time::sleep(Duration::from_millis(100)).await;
+        rules,
+        dir,
+        name,
+        commit_interval_ms: 200,
+        session_timeout_ms: 6000,
+        heartbeat_interval_ms: 500,
+        args: extra,
     }
+    .spawn(sim)
 }
 
 /// A `consume` process in the tests' group "relays", once it has been assigned partitions.
@@ -187,7 +147,7 @@ async fn member(
     extra: &[&str],
 ) -> Child {
     let child = consumer(broker, topic, "relays", rules, sim, dir, name, extra);
-    wait_for_log(dir, name, "partitions assigned", Duration::from_secs(60)).await;
+    wait_for_log(dir, name, "partitions assigned", 1, Duration::from_secs(60)).await;
     child
 }
 
@@ -207,30 +167,27 @@ async fn produce_workload(
 }
 
 async fn produce(broker: &Broker, topic: &str, input: &Path) {
-    let out = Command::new(BIN)
-        .args([
+    let out = output(relay(
+        &[
             "produce",
             "--brokers",
             &broker.addr,
             "--topic",
             topic,
             "--input",
-            input.to_str().unwrap(),
-        ])
-        .env_clear()
-        .stdin(Stdio::null())
-        .output()
-        .await
-        .expect("run produce");
-    let err = String::from_utf8_lossy(&out.stderr);
+            path(input),
+        ],
+        NO_ENV,
+    ))
+    .await;
+    let err = text(&out.stderr);
     assert!(out.status.success(), "produce failed: {err}");
     eprintln!("produce: {}", err.trim());
 }
 
 /// SIGTERM, then the process's exit and its log.
 async fn stop(mut child: Child, dir: &Path, name: &str) -> String {
-    let pid = child.id().expect("running") as i32;
-    unsafe_kill(pid, "TERM");
+    signal(child.id().expect("running"), "TERM");
     let status = tokio::time::timeout(Duration::from_secs(30), child.wait())
         .await
         .expect("consume stopped in time")
@@ -238,15 +195,6 @@ async fn stop(mut child: Child, dir: &Path, name: &str) -> String {
     let log = log_of(dir, name);
     assert!(status.success(), "{name} exited with {status}: {log}");
     log
-}
-
-fn unsafe_kill(pid: i32, signal: &str) {
-    let ok = std::process::Command::new("kill")
-        .args([&format!("-{signal}"), &pid.to_string()])
-        .status()
-        .unwrap()
-        .success();
-    assert!(ok, "kill -{signal} {pid}");
 }
 
 /// "N events read (M messages)" from a consumer's summary.
@@ -260,19 +208,13 @@ fn events_read(log: &str) -> u64 {
 
 /// Every message in the topic: (key, partition, userId of the payload).
 fn read_topic(addr: &str, topic: &str) -> Vec<(Option<String>, i32, Value)> {
-    common::kafka::read_topic(addr, topic, PARTITIONS, Duration::from_secs(3))
+    crate::support::kafka::read_topic(addr, topic, PARTITIONS, Duration::from_secs(3))
         .into_iter()
         .map(|(key, partition, payload)| {
             let payload: Value = serde_json::from_slice(&payload).unwrap();
             (key, partition, payload["userId"].clone())
         })
         .collect()
-}
-
-async fn start_sim() -> SimHandle {
-    sim::start(SimConfig::default(), "127.0.0.1:0".parse().unwrap())
-        .await
-        .expect("sim start")
 }
 
 #[tokio::test(flavor = "multi_thread")]
@@ -282,7 +224,7 @@ async fn two_consumers_in_one_group_deliver_every_event_once() {
     let broker = start_broker(&bin, dir.path());
     let topic = "segment-events";
     create_topic(&broker.addr, topic).await;
-    let sim = start_sim().await;
+    let sim = start_sim("").await;
     let rules = rules_dir(&Settings::default());
 
     let a = member(&broker, topic, rules.path(), &sim, dir.path(), "a", &[]).await;
@@ -326,8 +268,8 @@ async fn two_consumers_in_one_group_deliver_every_event_once() {
         .filter(|(_, n)| *n != 1)
         .collect();
     assert!(dups.is_empty(), "API events not exactly once: {dups:?}");
-    assert!(dead_letters(&dir.path().join("a.deadletter.ndjson")).is_empty());
-    assert!(dead_letters(&dir.path().join("b.deadletter.ndjson")).is_empty());
+    assert!(dead_letters(&dead_letter_file(dir.path(), "a")).is_empty());
+    assert!(dead_letters(&dead_letter_file(dir.path(), "b")).is_empty());
 
     // A restarted consumer of the same group starts from the committed offsets: nothing new.
     let c = member(&broker, topic, rules.path(), &sim, dir.path(), "c", &[]).await;
@@ -350,7 +292,7 @@ async fn a_killed_consumer_s_partitions_are_taken_over_without_loss() {
     let broker = start_broker(&bin, dir.path());
     let topic = "segment-events";
     create_topic(&broker.addr, topic).await;
-    let sim = start_sim().await;
+    let sim = start_sim("").await;
     let rules = rules_dir(&Settings::default());
     // Slow delivery, so the kill lands mid-stream.
     let slow = ["--requests-per-second", "40"];
@@ -362,12 +304,11 @@ async fn a_killed_consumer_s_partitions_are_taken_over_without_loss() {
     produce_workload(&broker, topic, dir.path(), users, "t2").await;
 
     // Kill b (no goodbye, no final commit) once delivery is under way.
-    let deadline = Instant::now() + Duration::from_secs(60);
-    while sim.api_events().len() < 10 {
-        assert!(Instant::now() < deadline, "delivery did not start");
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
-    unsafe_kill(b.id().unwrap() as i32, "KILL");
+    wait_until("delivery to start", Duration::from_secs(60), || {
+        sim.api_events().len() >= 10
+    })
+    .await;
+    signal(b.id().unwrap(), "KILL");
     let _ = b.wait().await;
     let before = missing(&sim, users, "t2").len();
     assert!(

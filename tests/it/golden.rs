@@ -2,17 +2,31 @@
 //!
 //! Suites: `tests/golden/default` (the repository's `rules/`), `tests/golden/ecommerce`
 //! (`examples/ecommerce/rules`), `tests/golden/custom` (each case has its own `rules/`).
-//! `UPDATE_GOLDEN=1 cargo test --test golden` rewrites the expectations.
+//! `UPDATE_GOLDEN=1 cargo test --test it golden::` rewrites the expectations.
 
 use sfmc_relay::golden::{CaseOutcome, run_cases};
 use std::path::Path;
+use std::sync::Once;
+
+/// Be in the crate root. The working directory is one per process, shared by every test in
+/// this binary, so it is changed at most once, and only when the binary was started
+/// elsewhere: `cargo test` already runs test binaries in the package root, and no other
+/// test depends on the working directory (they use absolute paths, or set a child's).
+fn at_crate_root() {
+    static ONCE: Once = Once::new();
+    ONCE.call_once(|| {
+        let root = Path::new(env!("CARGO_MANIFEST_DIR"));
+        if std::env::current_dir().ok().as_deref() != Some(root) {
+            std::env::set_current_dir(root).expect("cd to the crate root");
+        }
+    });
+}
 
 fn suite(cases: &str, rules: Option<&str>) -> usize {
     // Rule file names appear in the output (a filter's default reason names its
     // `file:line:col`), so cases are read by paths relative to the crate root: the
     // expectations must not depend on where the repository is checked out.
-    let root = Path::new(env!("CARGO_MANIFEST_DIR"));
-    std::env::set_current_dir(root).expect("cd to the crate root");
+    at_crate_root();
     let update = std::env::var_os("UPDATE_GOLDEN").is_some_and(|v| v == "1");
     let rules = rules.map(Path::new);
     let report = run_cases(rules, Path::new(cases), update).expect("cases directory");

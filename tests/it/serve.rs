@@ -1,14 +1,13 @@
 //! `sfmc-relay serve` as a real process: Segment's HTTP API, the durable spool, crashes.
 
-mod support;
-
 use std::collections::HashMap;
 use std::io::Write;
 use std::time::{Duration, Instant};
 
+use crate::support::serve::{KEY, Relay, rules, simulator};
+use crate::support::wait_until;
 use reqwest::StatusCode;
 use serde_json::{Value, json};
-use support::{KEY, Relay, eventually, rules, simulator};
 
 fn client() -> reqwest::Client {
     reqwest::Client::new()
@@ -148,11 +147,15 @@ async fn segment_api_auth_gzip_limits_metrics() {
         assert_eq!(req.send().await.unwrap().status(), StatusCode::BAD_REQUEST);
     }
 
-    eventually(20, "rows and the API event in the simulator", || {
-        sim.rows("orders").len() == 3
-            && sim.api_events().len() == 1
-            && sim.rows("people").len() == 1
-    })
+    wait_until(
+        "rows and the API event in the simulator",
+        Duration::from_secs(20),
+        || {
+            sim.rows("orders").len() == 3
+                && sim.api_events().len() == 1
+                && sim.rows("people").len() == 1
+        },
+    )
     .await;
     assert_eq!(
         contact_keys(&sim.rows("orders")),
@@ -278,9 +281,11 @@ async fn crash_mid_delivery_loses_nothing_and_repeats_no_api_event() {
     );
 
     let mut relay = Relay::start(&spool, &rules, &sim, &["--requests-per-second", "0"]);
-    eventually(30, "every event after the restart", || {
-        sim.rows("orders").len() == ORDERS && sim.api_events().len() >= SIGNUPS
-    })
+    wait_until(
+        "every event after the restart",
+        Duration::from_secs(30),
+        || sim.rows("orders").len() == ORDERS && sim.api_events().len() >= SIGNUPS,
+    )
     .await;
     assert!(
         relay
@@ -342,7 +347,10 @@ async fn sigterm_drains_or_leaves_in_spool() {
         .await
         .unwrap();
     assert_eq!(r.status(), StatusCode::OK);
-    eventually(10, "some rows", || !sim.rows("orders").is_empty()).await;
+    wait_until("some rows", Duration::from_secs(10), || {
+        !sim.rows("orders").is_empty()
+    })
+    .await;
     let t = Instant::now();
     let status = relay.terminate(Duration::from_secs(15));
     assert!(status.success(), "{status:?}\n{}", relay.log());
@@ -363,9 +371,11 @@ async fn sigterm_drains_or_leaves_in_spool() {
     );
 
     let mut relay = Relay::start(&spool, &rules, &sim, &["--requests-per-second", "0"]);
-    eventually(20, "the rest after the restart", || {
-        sim.rows("orders").len() == N
-    })
+    wait_until(
+        "the rest after the restart",
+        Duration::from_secs(20),
+        || sim.rows("orders").len() == N,
+    )
     .await;
     let status = relay.terminate(Duration::from_secs(20));
     assert!(status.success(), "{}", relay.log());
@@ -425,7 +435,7 @@ async fn full_spool_answers_503() {
     assert!(status.success());
     // Everything accepted is delivered after a restart without the rate limit.
     let mut relay = Relay::start(&spool, &rules, &sim, &["--requests-per-second", "0"]);
-    eventually(20, "every accepted event", || {
+    wait_until("every accepted event", Duration::from_secs(20), || {
         sim.rows("orders").len() == accepted
     })
     .await;

@@ -256,10 +256,19 @@ impl Pipeline {
         let mut tick = tokio::time::interval(Duration::from_millis(500));
         tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         let mut interrupted = false;
+        // Set at the stop: what a durable source already read is delivered until then.
+        let mut deadline: Option<tokio::time::Instant> = None;
+        let drain = opts.drain_timeout;
+        let stop_at = |deadline: &mut Option<tokio::time::Instant>| {
+            if let Some(t) = drain {
+                *deadline = Some(tokio::time::Instant::now() + t);
+            }
+        };
         loop {
             if !d.stopping && stop_flag.load(Ordering::SeqCst) {
                 d.stopping = true;
                 interrupted = true;
+                stop_at(&mut deadline);
                 output.stop();
                 if !opts.durable {
                     // (Durable sources say how they stop themselves.)
@@ -283,20 +292,36 @@ impl Pipeline {
                     // Noticed between events: a backlog does not delay the stop.
                     d.stopping = true;
                     interrupted = true;
+                    stop_at(&mut deadline);
                     output.stop();
                 }
-                d.dispatch(p).await;
+                match deadline {
+                    // Past the drain deadline (durable sources only), or cut short by it: a
+                    // record not fully handed to the sink is never acknowledged, so its
+                    // source delivers it again.
+                    Some(dl) if d.durable => {
+                        if tokio::time::Instant::now() < dl {
+                            let _ = tokio::time::timeout_at(dl, d.dispatch(p)).await;
+                        }
+                    }
+                    _ => d.dispatch(p).await,
+                }
             }
         }
         let events = d.events;
         stopper.abort();
-        let finish = match opts.drain_timeout {
+        let finish = match drain {
             None => sink.finish().await,
-            Some(t) => match tokio::time::timeout(t, sink.finish()).await {
+            Some(t) => match tokio::time::timeout_at(
+                deadline.unwrap_or_else(|| tokio::time::Instant::now() + t),
+                sink.finish(),
+            )
+            .await
+            {
                 Ok(r) => r,
                 Err(_) => {
                     eprintln!(
-                        "sfmc-relay: deliveries still in flight after {t:?}: they stay in the source and are sent on the next start"
+                        "sfmc-relay: deliveries still in flight after {t:?}: they stay in the source (unacknowledged) and are delivered again"
                     );
                     Ok(())
                 }

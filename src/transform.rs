@@ -405,7 +405,8 @@ fn build(p: &Program, plan: Plan, event: &Doc, tr: &mut Trace) -> Result<Vec<Act
                 data_extension: de.clone(),
                 keys: format!("Contact Key = {ck:?}"),
             });
-            let values = next_values(p.identify.include_context);
+            let mut values = next_values(p.identify.include_context);
+            keys_in_empty_values(&keys, &mut values);
             actions.push(Action::UpsertRow {
                 data_extension: de.clone(),
                 keys,
@@ -415,7 +416,7 @@ fn build(p: &Program, plan: Plan, event: &Doc, tr: &mut Trace) -> Result<Vec<Act
     }
     for m in mappings {
         if let Some(de) = &m.data_extension {
-            let values = next_values(m.include_context);
+            let mut values = next_values(m.include_context);
             let mut keys = Fields::default();
             match &m.primary_key {
                 PrimaryKey::Uuid => match &message_id {
@@ -457,6 +458,7 @@ fn build(p: &Program, plan: Plan, event: &Doc, tr: &mut Trace) -> Result<Vec<Act
                     }
                 }
             }
+            keys_in_empty_values(&keys, &mut values);
             tr.note(|| Note::PrimaryKey {
                 data_extension: de.clone(),
                 keys: keys
@@ -481,6 +483,17 @@ fn build(p: &Program, plan: Plan, event: &Doc, tr: &mut Trace) -> Result<Vec<Act
         }
     }
     Ok(actions)
+}
+
+/// SFMC refuses a row whose `values` hold no column of the data extension ("At least one
+/// existing field is required in the values property"; keys do not count), and in a
+/// rowset such a row also fails every row after it. A row with nothing to set (no traits
+/// or properties, no context columns) repeats its primary-key columns in `values`: they
+/// are columns of the data extension, so the row still upserts its key.
+fn keys_in_empty_values(keys: &Fields, values: &mut Fields) {
+    if values.is_empty() {
+        values.extend(keys.iter().map(|(k, v)| (k.clone(), v.clone())));
+    }
 }
 
 fn mapping_matches(

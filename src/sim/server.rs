@@ -27,7 +27,9 @@ use tokio::task::JoinHandle;
 use super::config::{Faults, SimConfig};
 use super::rows::{RowIn, ValIn};
 use super::state::{DeTarget, FaultDecision, LogEntry, SimState, SimStats};
-use super::validate::{RowError, Scratch, guid_for, prepare_declared, prepare_undeclared};
+use super::validate::{
+    NO_EXISTING_FIELD, RowError, Scratch, guid_for, prepare_declared, prepare_undeclared,
+};
 
 const DOCS_URL: &str = "https://developer.salesforce.com/docs";
 
@@ -651,10 +653,11 @@ fn row_error_response(st: &SimState, target: &DeTarget, e: RowError) -> Response
                 }),
             )
         }
-        RowError::NoExistingField => sfmc_error(
-            StatusCode::BAD_REQUEST,
-            "At least one existing field is required in the values property",
-            10000,
+        // Reported inside the 10006 aggregate, as SFMC does.
+        RowError::NoExistingField => row_error_response(
+            st,
+            target,
+            RowError::Invalid(vec![NO_EXISTING_FIELD.to_string()]),
         ),
         RowError::Malformed(m) => sfmc_error(StatusCode::BAD_REQUEST, m, 10000),
     }

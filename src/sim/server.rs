@@ -24,6 +24,7 @@ use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::oneshot;
 use tokio::task::JoinHandle;
 
+use super::bulk;
 use super::config::{Faults, SimConfig};
 use super::rows::{RowIn, ValIn};
 use super::state::{DeTarget, FaultDecision, LogEntry, SimState, SimStats};
@@ -332,6 +333,20 @@ fn router(state: Arc<SimState>) -> Router {
         .route("/hub/v1/dataevents/{key}/rows/{pk}", put(put_row))
         .route("/contacts/v1/contacts", post(contacts))
         .route("/interaction/v1/events", post(events))
+        .route(
+            "/data/v1/async/dataextensions/{key}/rows",
+            put(bulk::async_rows),
+        )
+        .route(
+            "/data/v1/async/{request_id}/status",
+            get(bulk::async_status),
+        )
+        .route(
+            "/data/v1/async/{request_id}/results",
+            get(bulk::async_results),
+        )
+        .route("/contacts/v1/establish", post(bulk::establish))
+        .route("/interaction/v1/async/events", post(bulk::async_events))
         .route_layer(middleware::from_fn_with_state(state.clone(), gate));
     let inspect = Router::new()
         .route("/sim/dataextensions", get(sim_data_extensions))
@@ -351,11 +366,15 @@ fn router(state: Arc<SimState>) -> Router {
         .with_state(state)
 }
 
-fn json_response(status: StatusCode, body: Value) -> Response {
+pub(super) fn json_response(status: StatusCode, body: Value) -> Response {
     (status, Json(body)).into_response()
 }
 
-fn sfmc_error(status: StatusCode, message: impl Into<String>, errorcode: u32) -> Response {
+pub(super) fn sfmc_error(
+    status: StatusCode,
+    message: impl Into<String>,
+    errorcode: u32,
+) -> Response {
     json_response(
         status,
         json!({"message": message.into(), "errorcode": errorcode, "documentation": ""}),
@@ -379,7 +398,7 @@ fn too_many_requests(retry_after: u64) -> Response {
     resp
 }
 
-fn too_large(limit: usize) -> Response {
+pub(super) fn too_large(limit: usize) -> Response {
     sfmc_error(
         StatusCode::PAYLOAD_TOO_LARGE,
         format!("Request body exceeds the maximum size of {limit} bytes."),
@@ -387,7 +406,7 @@ fn too_large(limit: usize) -> Response {
     )
 }
 
-fn bad_json(e: &serde_json::Error) -> Response {
+pub(super) fn bad_json(e: &serde_json::Error) -> Response {
     sfmc_error(
         StatusCode::BAD_REQUEST,
         format!("Request body is not valid JSON: {e}"),
@@ -844,7 +863,7 @@ async fn contacts(State(st): St, body: Bytes) -> Response {
     )
 }
 
-fn get_ci<'a>(map: &'a Map<String, Value>, name: &str) -> Option<&'a Value> {
+pub(super) fn get_ci<'a>(map: &'a Map<String, Value>, name: &str) -> Option<&'a Value> {
     map.iter()
         .find(|(k, _)| k.eq_ignore_ascii_case(name))
         .map(|(_, v)| v)
@@ -882,21 +901,19 @@ async fn events(State(st): St, body: Bytes) -> Response {
             );
         }
     };
-    let known = &st.config().api_events;
-    if !known.is_empty() && !known.contains(&definition) {
-        return sfmc_error(
-            StatusCode::BAD_REQUEST,
-            format!(
-                "Unable to queue Event Definition. Event Definition with key '{definition}' not found."
-            ),
-            30000,
-        );
+    if !bulk::definition_known(&st, &definition) {
+        return bulk::unknown_definition(&definition);
     }
     let data = match get_ci(&fields, "Data") {
         None | Some(Value::Null) => Value::Object(Map::new()),
         Some(v @ Value::Object(_)) => v.clone(),
         Some(_) => return sfmc_error(StatusCode::BAD_REQUEST, "Data must be an object.", 30000),
     };
+    if let Value::Object(m) = &data
+        && let Err(message) = bulk::check_event_data(&st, &definition, m)
+    {
+        return sfmc_error(StatusCode::BAD_REQUEST, message, 30000);
+    }
     let id = st.new_uuid();
     st.record_event(json!({
         "eventInstanceId": id,

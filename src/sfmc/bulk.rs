@@ -803,11 +803,7 @@ mod tests {
     use serde_json::json;
 
     fn fields(v: Value) -> Fields {
-        v.as_object()
-            .unwrap()
-            .iter()
-            .map(|(k, v)| (k.clone(), v.clone()))
-            .collect()
+        serde_json::from_value(v).unwrap()
     }
 
     #[test]

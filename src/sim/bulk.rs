@@ -31,7 +31,9 @@ use serde_json::{Map, Value, json};
 
 use super::config::{AsyncRowsConfig, DataExtensionConfig, SimConfig};
 use super::rows::{Cols, RowIn, ValIn};
-use super::server::{bad_json, get_ci, json_response, sfmc_error, too_large};
+use super::server::{
+    bad_json, get_ci, json_object, json_response, required_str, sfmc_error, too_large,
+};
 use super::state::{DeTarget, SimState};
 use super::validate::{
     DeSchema, NO_EXISTING_FIELD, RowError, Scratch, check_value, prepare_declared,
@@ -705,16 +707,9 @@ fn flag(fields: &Map<String, Value>, name: &str, default: bool) -> bool {
 
 /// `POST /contacts/v1/establish`.
 pub(super) async fn establish(State(st): St, body: Bytes) -> Response {
-    let fields = match serde_json::from_slice::<Value>(&body) {
-        Ok(Value::Object(m)) => m,
-        Ok(_) => {
-            return sfmc_error(
-                StatusCode::BAD_REQUEST,
-                "The request body must be a JSON object.",
-                10000,
-            );
-        }
-        Err(e) => return bad_json(&e),
+    let fields = match json_object(&body) {
+        Ok(m) => m,
+        Err(r) => return *r,
     };
     let keys = match get_ci(&fields, "contactKeys") {
         Some(Value::Array(keys)) if !keys.is_empty() => keys,
@@ -855,26 +850,13 @@ pub(super) fn check_event_data(
 
 /// `POST /interaction/v1/async/events`.
 pub(super) async fn async_events(State(st): St, body: Bytes) -> Response {
-    let fields = match serde_json::from_slice::<Value>(&body) {
-        Ok(Value::Object(m)) => m,
-        Ok(_) => {
-            return sfmc_error(
-                StatusCode::BAD_REQUEST,
-                "The request body must be a JSON object.",
-                10000,
-            );
-        }
-        Err(e) => return bad_json(&e),
+    let fields = match json_object(&body) {
+        Ok(m) => m,
+        Err(r) => return *r,
     };
-    let definition = match get_ci(&fields, "eventDefinitionKey") {
-        Some(Value::String(s)) if !s.is_empty() => s.clone(),
-        _ => {
-            return sfmc_error(
-                StatusCode::BAD_REQUEST,
-                "eventDefinitionKey is required and must be a non-empty string.",
-                30000,
-            );
-        }
+    let definition = match required_str(&fields, "eventDefinitionKey", 30000) {
+        Ok(d) => d,
+        Err(r) => return *r,
     };
     let members = match get_ci(&fields, "members") {
         Some(Value::Array(m)) if !m.is_empty() => m,

@@ -869,37 +869,46 @@ pub(super) fn get_ci<'a>(map: &'a Map<String, Value>, name: &str) -> Option<&'a 
         .map(|(_, v)| v)
 }
 
+/// A request body that must be a JSON object (else the 400 to answer).
+pub(super) fn json_object(body: &[u8]) -> Result<Map<String, Value>, Box<Response>> {
+    match serde_json::from_slice::<Value>(body) {
+        Ok(Value::Object(m)) => Ok(m),
+        Ok(_) => Err(Box::new(sfmc_error(
+            StatusCode::BAD_REQUEST,
+            "The request body must be a JSON object.",
+            10000,
+        ))),
+        Err(e) => Err(Box::new(bad_json(&e))),
+    }
+}
+
+/// A member (named case-insensitively) that must be a non-empty string (else the 400).
+pub(super) fn required_str(
+    fields: &Map<String, Value>,
+    name: &str,
+    errorcode: u32,
+) -> Result<String, Box<Response>> {
+    match get_ci(fields, name) {
+        Some(Value::String(s)) if !s.is_empty() => Ok(s.clone()),
+        _ => Err(Box::new(sfmc_error(
+            StatusCode::BAD_REQUEST,
+            format!("{name} is required and must be a non-empty string."),
+            errorcode,
+        ))),
+    }
+}
+
 async fn events(State(st): St, body: Bytes) -> Response {
-    let fields = match serde_json::from_slice::<Value>(&body) {
-        Ok(Value::Object(m)) => m,
-        Ok(_) => {
-            return sfmc_error(
-                StatusCode::BAD_REQUEST,
-                "The request body must be a JSON object.",
-                10000,
-            );
-        }
-        Err(e) => return bad_json(&e),
+    let fields = match json_object(&body) {
+        Ok(m) => m,
+        Err(r) => return *r,
     };
-    let contact_key = match get_ci(&fields, "ContactKey") {
-        Some(Value::String(s)) if !s.is_empty() => s.clone(),
-        _ => {
-            return sfmc_error(
-                StatusCode::BAD_REQUEST,
-                "ContactKey is required and must be a non-empty string.",
-                30000,
-            );
-        }
-    };
-    let definition = match get_ci(&fields, "EventDefinitionKey") {
-        Some(Value::String(s)) if !s.is_empty() => s.clone(),
-        _ => {
-            return sfmc_error(
-                StatusCode::BAD_REQUEST,
-                "EventDefinitionKey is required and must be a non-empty string.",
-                30000,
-            );
-        }
+    let (contact_key, definition) = match (
+        required_str(&fields, "ContactKey", 30000),
+        required_str(&fields, "EventDefinitionKey", 30000),
+    ) {
+        (Ok(c), Ok(d)) => (c, d),
+        (Err(r), _) | (_, Err(r)) => return *r,
     };
     if !bulk::definition_known(&st, &definition) {
         return bulk::unknown_definition(&definition);

@@ -654,35 +654,26 @@ impl SimState {
     /// Create a contact, or find it; its attribute sets are left as they are
     /// (`/contacts/v1/establish`). Returns (contactId, isNew).
     pub(crate) fn establish_contact(&self, key: &str) -> (u64, bool) {
-        let result = {
-            let mut data = lock(&self.data);
-            if let Some(&i) = data.contact_index.get(key) {
-                (data.contacts[i].id, false)
-            } else {
-                let id = 10_000_001 + data.contacts.len() as u64;
-                let i = data.contacts.len();
-                data.contacts.push(Contact {
-                    key: key.to_string(),
-                    id,
-                    attribute_sets: Value::Array(Vec::new()),
-                });
-                data.contact_index.insert(key.to_string(), i);
-                (id, true)
-            }
-        };
-        lock(&self.stats).contacts_upserted += 1;
-        result
+        self.put_contact(key, None)
     }
 
     /// Create or update a contact; returns (contactId, isNew).
     pub(crate) fn upsert_contact(&self, key: &str, attribute_sets: Value) -> (u64, bool) {
+        self.put_contact(key, Some(attribute_sets))
+    }
+
+    /// Create a contact or find it, replacing its attribute sets when given.
+    fn put_contact(&self, key: &str, attribute_sets: Option<Value>) -> (u64, bool) {
         let result = {
             let mut data = lock(&self.data);
             if let Some(&i) = data.contact_index.get(key) {
                 let c = &mut data.contacts[i];
-                c.attribute_sets = attribute_sets;
+                if let Some(sets) = attribute_sets {
+                    c.attribute_sets = sets;
+                }
                 (c.id, false)
             } else {
+                let attribute_sets = attribute_sets.unwrap_or_else(|| Value::Array(Vec::new()));
                 let id = 10_000_001 + data.contacts.len() as u64;
                 let i = data.contacts.len();
                 data.contacts.push(Contact {

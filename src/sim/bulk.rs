@@ -15,6 +15,23 @@
 //! status or results call, `rows()`, `stats()`, the summary), so what is seen is always
 //! what a background worker would have produced. Rows are validated one by one (per-row
 //! results, no "poisoned batch"); a fraction of rows can fail with a SQL deadlock.
+//!
+//! Where SFMC's documentation is silent, the simulator chooses (a client must not rely
+//! on these):
+//! - texts of refusals (`MaxItemsExceeded`, `InvalidRequest`, per-row value errors, the
+//!   unknown-`Data`-field message, establish's `InvalidContactKey`) and their codes;
+//! - results asked before a request is done answer 200 with an
+//!   `AsyncRequestResultsNotFound` message and no `items`; `$pageSize` is capped at
+//!   `async_rows.results_max_page_size` (the answer's `pageSize` says so);
+//! - a request that ends in `requestStatus: Error` saved none of its rows, and each of its
+//!   results is an error;
+//! - async items are flat, so for an undeclared data extension the key columns are
+//!   `async_rows.undeclared_primary_keys`; an item holding only key columns is accepted;
+//! - establish takes at most `establish.max_keys` keys; `correlateResponseItem: false`
+//!   reverses the items (each keeps its `requestItemIndex`); a Contact Key with a colon,
+//!   empty or over 254 characters is refused on its own;
+//! - the async events endpoint answers 202; `Data` may hold nulls and `eventInstanceId`
+//!   (whose value SFMC ignores) without being checked.
 
 use std::collections::{BTreeMap, HashMap, VecDeque};
 use std::fmt::Write as _;

@@ -166,10 +166,21 @@ pub struct Mapping {
     pub data_extension: Option<String>,
     pub primary_key: PrimaryKey,
     pub api_event: Option<String>,
+    /// The API event's `Data` allow-list, in order; `None` = every converted property.
+    pub data: Option<Vec<DataField>>,
     pub include_context: bool,
     pub when: Option<Condition>,
     /// `file:line:col` of the mapping, for explain output and warnings.
     pub origin: String,
+}
+
+/// One entry of an API event's `data:` allow-list.
+#[derive(Debug, Clone, PartialEq)]
+pub struct DataField {
+    /// The converted column it takes (the key after casing), matched case-insensitively.
+    pub column: String,
+    /// The `Data` field it becomes: `column`, or the rename.
+    pub field: String,
 }
 
 #[derive(Debug, Clone, PartialEq)]

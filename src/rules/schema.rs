@@ -107,6 +107,10 @@ pub struct MappingSection {
     pub primary_key: Option<Spanned<OneOrMany>>,
     pub uuid_primary_key: Option<Raw>,
     pub api_event: Option<Str>,
+    /// The properties (traits) that go into the API event's `Data`, an allow-list: each
+    /// entry a key (`plan`: the field is the key after casing) or a one-entry mapping
+    /// `{key: Field Name}` (a rename, like `casing.overrides`). Absent = every property.
+    pub data: Option<Spanned<Vec<Raw>>>,
     pub include_context: Option<Raw>,
     pub when: Option<Spanned<ConditionSection>>,
 }

@@ -513,7 +513,7 @@ fn test_command_pass_fail_and_update() {
     let rules_dir = tempfile::tempdir().unwrap();
     std::fs::write(rules_dir.path().join("r.yaml"), rules("one")).unwrap();
     let event = r#"{"type":"track","event":"E","userId":"u1"}"#;
-    let good = r#"{"event":0,"method":"POST","path":"/hub/v1/dataevents/key:one/rowset","body":[{"keys":{"Contact Key":"u1"},"values":{}}]}"#;
+    let good = r#"{"event":0,"method":"POST","path":"/hub/v1/dataevents/key:one/rowset","body":[{"keys":{"Contact Key":"u1"},"values":{"Contact Key":"u1"}}]}"#;
     for (name, expected) in [
         ("a_pass", good),
         ("b_fail", &good.replace("u1\"}", "u2\"}")),

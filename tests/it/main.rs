@@ -31,4 +31,5 @@ mod serve;
 mod serve_python;
 mod sfmc_client;
 mod sim;
+mod sim_bulk;
 mod sim_rows;

@@ -44,7 +44,7 @@ fn unknown_key_names_the_allowed_keys() {
     let text = "track:\n  - event: Order Completed\n    data_extension: orders\n    primry_key: Order Id\n";
     assert_eq!(
         one_error(&[("events.yaml", text)]),
-        "events.yaml:4:5: error: unknown field `primry_key`, expected one of: type, event, data_extension, primary_key, uuid_primary_key, api_event, include_context, when"
+        "events.yaml:4:5: error: unknown field `primry_key`, expected one of: type, event, data_extension, primary_key, uuid_primary_key, api_event, data, include_context, when"
     );
 }
 

@@ -99,7 +99,7 @@ async fn token_v2_json_and_form() {
         &sim,
         tok,
         "orders",
-        json!([order("o-1", "u-1", json!({}))]),
+        json!([order("o-1", "u-1", json!({"Paid": true}))]),
     )
     .await;
     assert_eq!(status, 200);
@@ -125,7 +125,7 @@ async fn token_v1() {
         &sim,
         tok,
         "orders",
-        json!([order("o-1", "u-1", json!({}))]),
+        json!([order("o-1", "u-1", json!({"Paid": true}))]),
     )
     .await;
     assert_eq!(status, 200);
@@ -207,7 +207,7 @@ async fn bad_credentials_and_grant_type() {
 async fn rest_requires_a_valid_token() {
     let (sim, client, tok) = setup().await;
     let url = format!("{}/hub/v1/dataevents/key:orders/rowset", sim.base_url());
-    let rows = json!([order("o-1", "u-1", json!({}))]);
+    let rows = json!([order("o-1", "u-1", json!({"Paid": true}))]);
     let expect_401 = |resp: reqwest::Response| async move {
         assert_eq!(resp.status(), 401);
         let body: Value = resp.json().await.unwrap();
@@ -340,7 +340,7 @@ async fn rowset_success_and_upsert_merge() {
         &sim,
         &tok,
         "orders",
-        json!([order("o-1", "u-2", json!({}))]),
+        json!([order("o-1", "u-2", json!({"Paid": true}))]),
     )
     .await;
     assert_eq!(status, 200);
@@ -538,8 +538,9 @@ async fn case_insensitive_columns_and_unknown_columns() {
     )
     .await;
     assert_eq!(status, 400);
+    assert_eq!(body["errorcode"], 10006);
     assert_eq!(
-        body["message"],
+        body["additionalErrors"][0]["message"],
         "At least one existing field is required in the values property"
     );
     // Without primary keys every row is a new row.
@@ -562,7 +563,7 @@ async fn case_insensitive_columns_and_unknown_columns() {
         &sim,
         &tok,
         "nope",
-        json!([order("o-1", "u-1", json!({}))]),
+        json!([order("o-1", "u-1", json!({"Paid": true}))]),
     )
     .await;
     assert_eq!(status, 400);
@@ -758,7 +759,7 @@ async fn fault_429_with_retry_after() {
         &sim,
         &tok,
         "orders",
-        json!([order("o-1", "u-1", json!({}))]),
+        json!([order("o-1", "u-1", json!({"Paid": true}))]),
     )
     .await;
     assert_eq!(status, 429);
@@ -792,7 +793,7 @@ async fn fault_429_with_retry_after() {
         &sim,
         &tok,
         "orders",
-        json!([order("o-1", "u-1", json!({}))]),
+        json!([order("o-1", "u-1", json!({"Paid": true}))]),
     )
     .await;
     assert_eq!(status, 500);
@@ -807,7 +808,7 @@ async fn fault_429_with_retry_after() {
         &sim,
         &tok,
         "orders",
-        json!([order("o-1", "u-1", json!({}))]),
+        json!([order("o-1", "u-1", json!({"Paid": true}))]),
     )
     .await;
     assert_eq!(status, 400);
@@ -844,7 +845,7 @@ async fn fault_max_rps() {
             &sim,
             &tok,
             "orders",
-            json!([order(&format!("o-{i}"), "u-1", json!({}))]),
+            json!([order(&format!("o-{i}"), "u-1", json!({"Paid": true}))]),
         )
         .await;
         match status.as_u16() {
@@ -872,7 +873,7 @@ async fn fault_drop_closes_the_connection() {
             sim.base_url()
         ))
         .bearer_auth(&tok)
-        .json(&json!([order("o-1", "u-1", json!({}))]))
+        .json(&json!([order("o-1", "u-1", json!({"Paid": true}))]))
         .send()
         .await;
     assert!(
@@ -886,7 +887,7 @@ async fn fault_drop_closes_the_connection() {
         &sim,
         &tok,
         "orders",
-        json!([order("o-1", "u-1", json!({}))]),
+        json!([order("o-1", "u-1", json!({"Paid": true}))]),
     )
     .await;
     assert_eq!(status, 200);
@@ -904,7 +905,7 @@ async fn fault_drop_closes_the_connection() {
             sim.base_url()
         ))
         .bearer_auth(&tok)
-        .json(&json!([order("o-2", "u-1", json!({}))]))
+        .json(&json!([order("o-2", "u-1", json!({"Paid": true}))]))
         .send()
         .await;
     assert!(
@@ -1017,7 +1018,7 @@ async fn inspection_endpoints() {
         &sim,
         &tok,
         "orders",
-        json!([order("o-0", "u-1", json!({}))]),
+        json!([order("o-0", "u-1", json!({"Paid": true}))]),
     )
     .await;
     assert_eq!(status, 200);
@@ -1085,7 +1086,7 @@ async fn fault_slow_and_deterministic_seed() {
         &sim,
         &tok,
         "orders",
-        json!([order("o-1", "u-1", json!({}))]),
+        json!([order("o-1", "u-1", json!({"Paid": true}))]),
     )
     .await;
     assert_eq!(status, 200);
@@ -1106,7 +1107,7 @@ async fn fault_slow_and_deterministic_seed() {
                 &sim,
                 &tok,
                 "orders",
-                json!([order(&format!("o-{i}"), "u-1", json!({}))]),
+                json!([order(&format!("o-{i}"), "u-1", json!({"Paid": true}))]),
             )
             .await;
             statuses.push(status.as_u16());

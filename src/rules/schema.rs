@@ -65,6 +65,7 @@ pub struct DeliverySection {
     pub max_in_flight: Option<Raw>,
     pub request_timeout: Option<Raw>,
     pub contact_cache: Option<Raw>,
+    pub contact_batch: Option<Raw>,
     pub retry: Option<Spanned<RetrySection>>,
 }
 

@@ -72,7 +72,7 @@ impl Default for SinkConfig {
             linger: d::LINGER,
             lanes: d::MAX_IN_FLIGHT,
             contact_cache: d::CONTACT_CACHE,
-            contact_batch: 1,
+            contact_batch: d::CONTACT_BATCH,
             contact_state: None,
         }
     }

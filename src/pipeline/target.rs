@@ -131,6 +131,7 @@ pub fn sink_config(program: &Program) -> SinkConfig {
         lanes: d.max_in_flight.max(1),
         contact_cache: d.contact_cache,
         contact_batch: d.contact_batch,
+        journey_batch: SinkConfig::default().journey_batch,
         contact_state: None,
     }
 }

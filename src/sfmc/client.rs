@@ -103,7 +103,7 @@ pub struct ClientStats {
     pub retries_per_endpoint: BTreeMap<String, u64>,
 }
 
-const ENDPOINT_NAMES: [&str; 8] = [
+const ENDPOINT_NAMES: [&str; 10] = [
     "rowset",
     "row",
     "async_rows",
@@ -112,6 +112,8 @@ const ENDPOINT_NAMES: [&str; 8] = [
     "contacts",
     "events",
     "other",
+    "establish",
+    "async_events",
 ];
 
 /// Endpoint pattern of a REST path, used as the `requests_per_endpoint` key.
@@ -141,10 +143,14 @@ fn endpoint_index(path: &str) -> usize {
         } else {
             7
         }
+    } else if p.starts_with("/contacts/v1/establish") {
+        8
     } else if p.starts_with("/contacts/") {
         5
     } else if p.starts_with("/interaction/v1/events") {
         6
+    } else if p.starts_with("/interaction/v1/async/events") {
+        9
     } else {
         7
     }

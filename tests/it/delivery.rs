@@ -712,3 +712,52 @@ async fn the_contact_cache_survives_a_restart() {
     assert_eq!(fresh.delivered, users as u64);
     assert!(establish(&sim) > calls);
 }
+
+/// Journey entries go through `/interaction/v1/async/events` in batches of up to 100 per
+/// event definition, never a call per event; a member SFMC refuses (its `Data` does not fit
+/// the event's data extension) is a data dead letter with SFMC's message, and the others
+/// enter once.
+#[tokio::test(flavor = "multi_thread")]
+async fn journey_entries_are_batched_and_member_errors_dead_letter_alone() {
+    let dir = rules_dir(&Settings::default());
+    let program = load(dir.path());
+    let sim = start_sim(
+        "event_definitions:\n  signup-journey:\n    fields: { Plan: Number, Referrer: Text(100) }\n",
+    )
+    .await;
+    let tmp = tempfile::tempdir().unwrap();
+    let input = tmp.path().join("in.ndjson");
+    let dead = tmp.path().join("dead.ndjson");
+    let n = 250;
+    let events: Vec<Value> = (0..n)
+        .map(|i| {
+            let mut e = signup(&format!("j-{i}"), "x");
+            e["properties"]["plan"] = if i % 50 == 7 { json!("pro") } else { json!(i) };
+            e
+        })
+        .collect();
+    write_ndjson(&input, &events);
+    let s = deliver(&program, &input, &dead, sim_env(&sim, &[])).await;
+    assert_accounted(&s);
+    let bad = (0..n).filter(|i| i % 50 == 7).count();
+    assert_eq!(s.dead_lettered, bad as u64, "{}", s.render());
+    assert_eq!(s.delivered, (n - bad) as u64);
+    let st = sim.stats();
+    assert_eq!(st.calls_to("POST /interaction/v1/events"), 0);
+    let calls = st.calls_to("POST /interaction/v1/async/events");
+    assert!((3..=10).contains(&calls), "{calls} calls for {n} entries");
+    // Each good entry once.
+    let entered: BTreeSet<String> = sim
+        .api_events()
+        .iter()
+        .map(|e| e["ContactKey"].as_str().unwrap().to_string())
+        .collect();
+    assert_eq!(entered.len(), n - bad);
+    assert_eq!(sim.api_events().len(), n - bad);
+    for d in dead_letters(&dead) {
+        let user = d["event"]["userId"].as_str().unwrap();
+        assert!(!entered.contains(user), "{user} entered and dead-lettered");
+        assert_eq!(d["outcome"], "failed");
+        assert!(d["reason"].as_str().unwrap().contains("Plan"), "{d}");
+    }
+}

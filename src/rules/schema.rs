@@ -66,6 +66,8 @@ pub struct DeliverySection {
     pub request_timeout: Option<Raw>,
     pub contact_cache: Option<Raw>,
     pub contact_batch: Option<Raw>,
+    pub async_threshold: Option<Raw>,
+    pub async_batch_rows: Option<Raw>,
     pub retry: Option<Spanned<RetrySection>>,
 }
 

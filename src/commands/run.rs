@@ -13,7 +13,9 @@ use crate::event::{
 use crate::rules::Program;
 use crate::sfmc::deadletter::DeadLetters;
 use crate::sfmc::sink::{self as sinks, Counters, EventRef, Prepared, Sink, SinkConfig};
-use crate::sfmc::{ClientConfig, ClientStats, Credentials, Endpoints, RetryPolicy, SfmcClient};
+use crate::sfmc::{
+    ClientConfig, ClientStats, CredentialSource, Credentials, Endpoints, RetryPolicy, SfmcClient,
+};
 use crate::sim::{self, SimHandle};
 use crate::transform::{Outcome, Trace, transform_view};
 use crate::view::Val;
@@ -208,25 +210,10 @@ pub async fn target(
             base_delay: d.retry_base_delay,
             max_delay: d.retry_max_delay,
         },
+        ..ClientConfig::default()
     };
-    let has_id = env("SFMC_CLIENT_ID").is_some();
-    let has_secret = env("SFMC_CLIENT_SECRET").is_some();
-    if has_id != has_secret {
-        return Err(RunError::Config(format!(
-            "{} is set but {} is not: set both (or neither, to use the built-in SFMC simulator)",
-            if has_id {
-                "SFMC_CLIENT_ID"
-            } else {
-                "SFMC_CLIENT_SECRET"
-            },
-            if has_id {
-                "SFMC_CLIENT_SECRET"
-            } else {
-                "SFMC_CLIENT_ID"
-            },
-        )));
-    }
-    if !has_id {
+    let source = CredentialSource::from_vars(env).map_err(RunError::Config)?;
+    let Some(source) = source else {
         let handle = sim::start(sim::SimConfig::default(), ([127, 0, 0, 1], 0).into())
             .await
             .map_err(|e| RunError::Io(format!("cannot start the built-in SFMC simulator: {e}")))?;
@@ -248,7 +235,7 @@ delivering to the built-in SFMC simulator at {} (nothing leaves this machine)",
             client,
             sim: Some(handle),
         });
-    }
+    };
     let subdomain = env("SFMC_SUBDOMAIN").or_else(|| program.settings.subdomain.clone());
     let endpoints = Endpoints::resolve(
         subdomain.as_deref(),
@@ -256,13 +243,9 @@ delivering to the built-in SFMC simulator at {} (nothing leaves this machine)",
         env("SFMC_REST_URL").as_deref(),
     )
     .map_err(|e| RunError::Config(e.to_string()))?;
-    let creds = Credentials {
-        client_id: env("SFMC_CLIENT_ID").unwrap_or_default(),
-        client_secret: env("SFMC_CLIENT_SECRET").unwrap_or_default().into(),
-        account_id: env("SFMC_ACCOUNT_ID").or_else(|| program.settings.account_id.clone()),
-    };
-    let client =
-        SfmcClient::new(endpoints, creds, config).map_err(|e| RunError::Config(e.to_string()))?;
+    let source = Arc::new(source.or_account_id(program.settings.account_id.clone()));
+    let client = SfmcClient::with_credentials(endpoints, source, config)
+        .map_err(|e| RunError::Config(e.to_string()))?;
     Ok(Target { client, sim: None })
 }
 

@@ -33,6 +33,9 @@ pub struct SimConfig {
     pub log_limit: usize,
     /// Fault injection.
     pub faults: Faults,
+    /// Outage windows (see [`crate::sim::OutageKind`]); `start` counts from the
+    /// simulator's start.
+    pub outages: Vec<super::faults::Outage>,
 }
 
 impl Default for SimConfig {
@@ -47,6 +50,7 @@ impl Default for SimConfig {
             max_body_bytes: 5_000_000,
             log_limit: 1_000_000,
             faults: Faults::default(),
+            outages: Vec::new(),
         }
     }
 }
@@ -97,6 +101,9 @@ impl SimConfig {
             }
         }
         self.faults.validate()?;
+        for o in &self.outages {
+            o.validate()?;
+        }
         Ok(())
     }
 }

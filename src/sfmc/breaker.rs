@@ -194,10 +194,11 @@ impl Health {
 pub(crate) enum Pass {
     Go,
     /// Probe of circuit `n` (0 = global, 1 + endpoint index = that endpoint's permission),
-    /// which opened at `since`.
+    /// whose last failure was at `last_failure` (a permission probe needs a token fetched
+    /// after it).
     Probe {
         circuit: usize,
-        since: Instant,
+        last_failure: Instant,
     },
 }
 
@@ -208,6 +209,7 @@ pub(crate) struct Stopped(pub String);
 #[derive(Debug)]
 struct Open {
     since: Instant,
+    last_failure: Instant,
     reason: String,
     next_probe: Instant,
     failed_probes: u32,
@@ -370,12 +372,12 @@ impl Breaker {
                     unregister(&mut s, registered.take(), idempotent);
                 }
                 let now = Instant::now();
-                let (next_probe, since) = {
+                let (next_probe, since, last_failure) = {
                     let o = s.circuits[c]
                         .open
                         .as_ref()
                         .expect("blocking circuit is open");
-                    (o.next_probe, o.since)
+                    (o.next_probe, o.since, o.last_failure)
                 };
                 // Give up after `give_up_after` of global unavailability.
                 if c == 0
@@ -399,7 +401,10 @@ impl Breaker {
                 if !circuit.probe && now >= next_probe && eligible {
                     unregister(&mut s, registered.take(), idempotent);
                     s.circuits[c].probe = true;
-                    break Ok(Pass::Probe { circuit: c, since });
+                    break Ok(Pass::Probe {
+                        circuit: c,
+                        last_failure,
+                    });
                 }
                 if registered.is_none() {
                     registered = Some(c);
@@ -500,6 +505,7 @@ impl Breaker {
                 // failure counts against the global one below.
                 if let Some(o) = s.circuits[circuit].open.as_mut() {
                     o.next_probe = now + self.config.probe_delay(o.failed_probes);
+                    o.last_failure = now;
                 }
             }
         }
@@ -511,6 +517,7 @@ impl Breaker {
         match global.open.as_mut() {
             Some(o) if probe_of_global => {
                 o.failed_probes = o.failed_probes.saturating_add(1);
+                o.last_failure = now;
                 o.next_probe = now
                     + trip
                         .delay
@@ -530,6 +537,7 @@ impl Breaker {
                 let delay = trip.delay.unwrap_or_else(|| config.probe_delay(0));
                 global.open = Some(Open {
                     since: now,
+                    last_failure: now,
                     reason: trip.reason.clone(),
                     next_probe: now + delay,
                     failed_probes: 0,
@@ -581,6 +589,7 @@ impl Breaker {
                     o.failed_probes = o.failed_probes.saturating_add(1);
                 }
                 o.next_probe = now + config.probe_delay(o.failed_probes);
+                o.last_failure = now;
                 o.reason = reason;
             }
             None => {
@@ -592,6 +601,7 @@ impl Breaker {
                 );
                 circuit.open = Some(Open {
                     since: now,
+                    last_failure: now,
                     reason,
                     next_probe: now + delay,
                     failed_probes: 0,

@@ -649,11 +649,15 @@ impl SfmcClient {
             if !inner.breaker.still_open_for(endpoint, pass) {
                 continue;
             }
-            // A permission probe needs a token minted after the permission went missing.
-            if let Pass::Probe { circuit, since } = pass
+            // A permission probe needs a token minted after its last 401 (scopes are fixed
+            // when a token is issued).
+            if let Pass::Probe {
+                circuit,
+                last_failure,
+            } = pass
                 && circuit != 0
             {
-                inner.tokens.invalidate_fetched_before(since);
+                inner.tokens.invalidate_fetched_before(last_failure);
             }
             // The token is taken now, after every wait.
             let token = match inner.tokens.get().await {

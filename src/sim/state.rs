@@ -472,6 +472,8 @@ impl SimState {
 
     /// End every outage window (configured ones included). Tokens they revoked stay revoked.
     pub fn clear_outages(&self) {
+        let mut tokens = lock(&self.tokens);
+        tokens.retain(|_, t| !self.outages.revoked(t.issued));
         self.outages.clear();
     }
 

@@ -14,7 +14,8 @@ use crate::rules::Program;
 use crate::sfmc::deadletter::DeadLetters;
 use crate::sfmc::sink::{self as sinks, Counters, EventRef, Prepared, Sink, SinkConfig};
 use crate::sfmc::{
-    ClientConfig, ClientStats, CredentialSource, Credentials, Endpoints, RetryPolicy, SfmcClient,
+    BreakerConfig, ClientConfig, ClientStats, CredentialSource, Credentials, Endpoints,
+    RetryPolicy, SfmcClient,
 };
 use crate::sim::{self, SimHandle};
 use crate::transform::{Outcome, Trace, transform_view};
@@ -209,6 +210,13 @@ pub async fn target(
             max_elapsed: d.retry_within,
             base_delay: d.retry_base_delay,
             max_delay: d.retry_max_delay,
+        },
+        // While SFMC is unavailable, probes back off like retries.
+        breaker: BreakerConfig {
+            probe_base: d.retry_base_delay,
+            probe_max: d.retry_max_delay,
+            blocked_pause: d.retry_blocked_pause,
+            ..BreakerConfig::default()
         },
         ..ClientConfig::default()
     };
@@ -536,6 +544,11 @@ pub fn add_delivery_stats(summary: &mut RunSummary, counters: &Counters, client:
 pub async fn run(rules: RuleSource, opts: RunOptions) -> Result<RunSummary, RunError> {
     let program = rules();
     let target = target(&program, &opts.env, opts.requests_per_second).await?;
+    // `run` gives up after `delivery.give_up_after` of SFMC unavailability: what is not
+    // delivered is dead-lettered as undelivered.
+    target
+        .client
+        .set_give_up_after(program.settings.delivery.give_up_after);
     let sink_config = sink_config(&program);
     let dead = Arc::new(DeadLetters::new(&opts.dead_letter));
     let counters = Arc::new(Counters::default());
@@ -567,9 +580,12 @@ pub async fn run(rules: RuleSource, opts: RunOptions) -> Result<RunSummary, RunE
     let stop = Arc::new(AtomicBool::new(false));
     tokio::spawn({
         let stop = stop.clone();
+        let client = target.client.clone();
         async move {
             wait_for_signal().await;
             stop.store(true, Ordering::SeqCst);
+            // During an outage, waiting events are dead-lettered as undelivered at once.
+            client.give_up_if_unavailable();
         }
     });
 

@@ -474,12 +474,20 @@ fn compile_delivery(c: &mut Ctx, d: &DeliverySection) -> Delivery {
         contact_cache: c.uint(&d.contact_cache, def.contact_cache as u64, 0, 100_000_000) as usize,
         ..def
     };
+    if let Some(r) = &d.give_up_after {
+        out.give_up_after = match c.scalar(r, "a duration like 4h, or never").as_deref() {
+            Some("never") => None,
+            Some(_) => Some(c.duration(&d.give_up_after, Duration::from_secs(4 * 3600))),
+            None => def.give_up_after,
+        };
+    }
     if let Some(r) = &d.retry {
         let r = &r.value;
         out.retry_attempts = c.uint(&r.attempts, out.retry_attempts as u64, 1, 1000) as u32;
         out.retry_within = c.duration(&r.within, out.retry_within);
         out.retry_base_delay = c.duration(&r.base_delay, out.retry_base_delay);
         out.retry_max_delay = c.duration(&r.max_delay, out.retry_max_delay);
+        out.retry_blocked_pause = c.duration(&r.blocked_pause, out.retry_blocked_pause);
     }
     out
 }

@@ -51,6 +51,12 @@ pub struct Delivery {
     pub retry_within: Duration,
     pub retry_base_delay: Duration,
     pub retry_max_delay: Duration,
+    /// Pause between probes while SFMC answers 50200 "temporarily blocked".
+    pub retry_blocked_pause: Duration,
+    /// `run` gives up when SFMC has been unavailable this long (`None`: `never`); the
+    /// events not delivered go to the dead-letter file as `undelivered`. `serve` and
+    /// `consume` never give up.
+    pub give_up_after: Option<Duration>,
 }
 
 impl Default for Delivery {
@@ -67,6 +73,8 @@ impl Default for Delivery {
             retry_within: Duration::from_secs(600),
             retry_base_delay: Duration::from_millis(200),
             retry_max_delay: Duration::from_secs(30),
+            retry_blocked_pause: Duration::from_secs(120),
+            give_up_after: Some(Duration::from_secs(4 * 3600)),
         }
     }
 }

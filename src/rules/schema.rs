@@ -65,6 +65,7 @@ pub struct DeliverySection {
     pub max_in_flight: Option<Raw>,
     pub request_timeout: Option<Raw>,
     pub contact_cache: Option<Raw>,
+    pub give_up_after: Option<Raw>,
     pub retry: Option<Spanned<RetrySection>>,
 }
 
@@ -75,6 +76,7 @@ pub struct RetrySection {
     pub within: Option<Raw>,
     pub base_delay: Option<Raw>,
     pub max_delay: Option<Raw>,
+    pub blocked_pause: Option<Raw>,
 }
 
 #[derive(Debug, Deserialize)]

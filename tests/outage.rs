@@ -571,5 +571,14 @@ async fn outages_are_set_over_http_and_in_yaml() {
         assert_eq!(resp.status(), 400, "{bad}");
     }
     assert!(SimConfig::from_yaml("outages: [{ kind: deny_scope }]").is_err());
+    // The examples in docs/failures.md are valid.
+    let doc = std::fs::read_to_string(common::root().join("docs/failures.md")).unwrap();
+    let yaml = doc
+        .split("```yaml\n")
+        .nth(1)
+        .and_then(|b| b.split("```").next())
+        .unwrap();
+    let config = SimConfig::from_yaml(yaml).unwrap();
+    assert_eq!(config.outages.len(), 8);
     assert!(SimConfig::from_yaml("outages: [{ kind: server_errors, bogus: 1 }]").is_err());
 }

@@ -639,6 +639,36 @@ async fn bare_10006_is_retried() {
 }
 
 #[tokio::test]
+async fn a_bare_10006_that_persists_is_a_data_failure() {
+    let (m, base) = start_mock().await;
+    for _ in 0..5 {
+        m.push(
+            ROWSET,
+            resp(
+                400,
+                json!({"message":"Unable to save rows for data extension ID 1","errorcode":10006,"documentation":""}),
+            ),
+        );
+    }
+    let c = client_v2(&base, fast_config());
+    let err = c.send(Method::POST, ROWSET, rows()).await.unwrap_err();
+    match &err {
+        SendError::Permanent {
+            status: 400,
+            errorcode: Some(10006),
+            attempts: 3,
+            message,
+            ..
+        } => assert!(message.contains("Unable to save rows"), "{message}"),
+        other => panic!("expected a data failure after 3 attempts, got {other:?}"),
+    }
+    assert_eq!(m.hits(ROWSET).len(), 3);
+    assert_eq!(c.stats().failures["data"], 1);
+    // Not an outage: the breaker stays closed.
+    assert_eq!(c.health().state, BreakerState::Closed);
+}
+
+#[tokio::test]
 async fn rejected_rows_are_permanent() {
     let (m, base) = start_mock().await;
     m.push(ROWSET, resp(400, json!({

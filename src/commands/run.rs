@@ -254,6 +254,11 @@ delivering to the built-in SFMC simulator at {} (nothing leaves this machine)",
     let source = Arc::new(source.or_account_id(program.settings.account_id.clone()));
     let client = SfmcClient::with_credentials(endpoints, source, config)
         .map_err(|e| RunError::Config(e.to_string()))?;
+    // SIGHUP re-reads SFMC_CLIENT_SECRET_FILE / SFMC_CLIENT_ID_FILE (secret rotation).
+    #[cfg(unix)]
+    if let Err(e) = client.reload_credentials_on_sighup() {
+        tracing::warn!("cannot listen for SIGHUP (credential reload): {e}");
+    }
     Ok(Target { client, sim: None })
 }
 

@@ -91,6 +91,10 @@ async fn send_rows(c: &SfmcClient, n: usize) -> Vec<Result<u16, SendError>> {
     out
 }
 
+fn assert_delivered(results: &[Result<u16, SendError>]) {
+    assert!(results.iter().all(|r| matches!(r, Ok(200))), "{results:?}");
+}
+
 fn fault(sim: &SimHandle, kind: &str) -> u64 {
     sim.stats().faults_injected.get(kind).copied().unwrap_or(0)
 }
@@ -117,7 +121,7 @@ async fn a_queued_request_never_carries_a_stale_token() {
     );
     // 24 calls of 250 ms through one in-flight slot: 6 s, two token lifetimes.
     let results = send_rows(&c, 24).await;
-    assert!(results.iter().all(|r| matches!(r, Ok(200))), "{results:?}");
+    assert_delivered(&results);
     let st = sim.stats();
     assert_eq!(st.status_count("401"), 0, "{st:?}");
     assert_eq!(st.calls_to(SIM_ROWSET), 24);
@@ -146,7 +150,7 @@ async fn a_secret_rejection_window_costs_a_handful_of_token_requests() {
     assert!(!reason.contains("outage-secret"), "{reason}");
     let results = sends.await.unwrap();
     assert!(t0.elapsed() >= Duration::from_secs(5));
-    assert!(results.iter().all(|r| matches!(r, Ok(200))), "{results:?}");
+    assert_delivered(&results);
     // Probes at about 0, 1, 3 s: rejected token requests stay a handful.
     let rejected = fault(&sim, "reject_secret");
     assert!(
@@ -174,7 +178,7 @@ async fn a_50200_block_gets_one_probe_per_pause() {
     sim.add_outage(Outage::new(OutageKind::RestBlocked).lasting(3.0))
         .unwrap();
     let results = send_rows(&c, 40).await;
-    assert!(results.iter().all(|r| matches!(r, Ok(200))), "{results:?}");
+    assert_delivered(&results);
     // The calls in flight when the block started (at most 4), then one probe per 1.5 s.
     let into_block = fault(&sim, "rest_blocked");
     assert!(
@@ -189,7 +193,7 @@ async fn a_50200_block_gets_one_probe_per_pause() {
     sim.add_outage(Outage::new(OutageKind::TokenBlocked).lasting(2.0))
         .unwrap();
     let results = send_rows(&c, 20).await;
-    assert!(results.iter().all(|r| matches!(r, Ok(200))), "{results:?}");
+    assert_delivered(&results);
     let token_blocked = fault(&sim, "token_blocked");
     assert!((1..=3).contains(&token_blocked), "{token_blocked}");
 }
@@ -206,7 +210,7 @@ async fn a_5xx_storm_opens_the_breaker_and_loses_nothing() {
     let t0 = Instant::now();
     let results = send_rows(&c, 40).await;
     assert!(t0.elapsed() >= Duration::from_secs(3));
-    assert!(results.iter().all(|r| matches!(r, Ok(200))), "{results:?}");
+    assert_delivered(&results);
     let into_storm = fault(&sim, "server_errors");
     // 5 failures in a row open it; then probes after about 0.5-1, 1-2, 2-4 s.
     assert!(
@@ -337,22 +341,35 @@ async fn a_missing_scope_holds_that_endpoint_and_names_the_permission() {
     assert!(reason.contains("journeys_execute"), "{reason}");
     assert_eq!(h.state, BreakerState::Open);
     assert!(h.is_degraded());
-    // Rows still flow while the event waits.
+    // Rows still flow while the event waits; more events wait behind it, and probe one at
+    // a time with a new token each (a probe's 401 is a missing permission, not an old
+    // token to refresh and retry).
     assert!(send_rows(&c, 3).await.iter().all(Result::is_ok));
-    tokio::time::sleep(Duration::from_millis(800)).await;
+    let more: Vec<_> = ["u-2", "u-3"]
+        .into_iter()
+        .map(|k| {
+            let c = c.clone();
+            tokio::spawn(async move { c.send(Method::POST, EVENTS, event(k)).await })
+        })
+        .collect();
+    tokio::time::sleep(Duration::from_millis(1000)).await;
     assert!(!ev.is_finished());
-    // One new token per probe (every 200-400 ms), not one per 401.
+    // Two 401s for the first event (one refresh), then one per probe (200-400 ms apart).
+    let unauthorized = sim.stats().status_count("401");
+    assert!((3..=8).contains(&unauthorized), "{unauthorized}");
     let tokens = sim.stats().tokens_issued;
-    assert!((2..=8).contains(&tokens), "{tokens}");
+    assert!((3..=8).contains(&tokens), "{tokens}");
     // The operator grants the permission: the next probe's new token has it.
     sim.clear_outages();
-    let r = tokio::time::timeout(Duration::from_secs(5), ev)
-        .await
-        .expect("delivered after the permission was granted")
-        .unwrap()
-        .unwrap();
-    assert_eq!(r.status, 201);
-    assert_eq!(sim.api_events().len(), 1);
+    for t in std::iter::once(ev).chain(more) {
+        let r = tokio::time::timeout(Duration::from_secs(5), t)
+            .await
+            .expect("delivered after the permission was granted")
+            .unwrap()
+            .unwrap();
+        assert_eq!(r.status, 201);
+    }
+    assert_eq!(sim.api_events().len(), 3);
     assert_eq!(c.health().state, BreakerState::Closed);
     assert!(c.stats().infrastructure["missing_permission"] >= 1);
 }
@@ -443,7 +460,7 @@ async fn a_rotated_secret_file_is_picked_up_without_a_restart() {
     // The operator puts the new secret in place; the next token request re-reads it.
     std::fs::write(&secret_file, "new-secret\n").unwrap();
     let results = sends.await.unwrap();
-    assert!(results.iter().all(|r| matches!(r, Ok(200))), "{results:?}");
+    assert_delivered(&results);
     assert!(fault(&sim, "reject_secret") <= 4);
     assert_eq!(sim.stats().tokens_issued, 2);
 

@@ -475,11 +475,17 @@ fn compile_delivery(c: &mut Ctx, d: &DeliverySection) -> Delivery {
         ..def
     };
     if let Some(r) = &d.give_up_after {
-        out.give_up_after = match c.scalar(r, "a duration like 4h, or never").as_deref() {
-            Some("never") => None,
-            Some(_) => Some(c.duration(&d.give_up_after, Duration::from_secs(4 * 3600))),
-            None => def.give_up_after,
-        };
+        match c.scalar(r, "a duration like 4h, or never").as_deref() {
+            Some("never") => out.give_up_after = None,
+            Some(t) => match parse_duration(t) {
+                Some(d) => out.give_up_after = Some(d),
+                None => c.err(
+                    &r.referenced,
+                    format!("expected a duration like 30m or 4h, or `never`, found {t:?}"),
+                ),
+            },
+            None => {}
+        }
     }
     if let Some(r) = &d.retry {
         let r = &r.value;

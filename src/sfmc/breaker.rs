@@ -379,19 +379,24 @@ impl Breaker {
                         .expect("blocking circuit is open");
                     (o.next_probe, o.since, o.last_failure)
                 };
-                // Give up after `give_up_after` of global unavailability.
-                if c == 0
-                    && let Some(after) = s.give_up_after
+                // Give up after `give_up_after` of unavailability (of SFMC, or of an
+                // endpoint for a missing permission).
+                if let Some(after) = s.give_up_after
                     && now >= since + after
                 {
-                    let reason = s.circuits[0]
+                    let reason = s.circuits[c]
                         .open
                         .as_ref()
                         .map(|o| o.reason.clone())
                         .unwrap_or_default();
                     drop(s);
+                    let what = if c == 0 {
+                        "SFMC unavailable".to_string()
+                    } else {
+                        format!("SFMC {} requests refused", self.names[c - 1])
+                    };
                     self.stop(format!(
-                        "SFMC unavailable for more than {} ({reason})",
+                        "{what} for more than {} ({reason})",
                         humanize(after)
                     ));
                     continue;
@@ -418,9 +423,7 @@ impl Breaker {
                 } else {
                     Some(next_probe)
                 };
-                if c == 0
-                    && let Some(after) = s.give_up_after
-                {
+                if let Some(after) = s.give_up_after {
                     let at = since + after;
                     deadline = Some(deadline.map_or(at, |d| d.min(at)));
                 }
@@ -660,8 +663,13 @@ impl Breaker {
                 }
             }
         };
-        let give_up_at = match (&s.circuits[0].open, s.give_up_after) {
-            (Some(o), Some(after)) if s.stopped.is_none() => Some(to_system(o.since + after)),
+        let earliest = s
+            .circuits
+            .iter()
+            .filter_map(|c| c.open.as_ref().map(|o| o.since))
+            .min();
+        let give_up_at = match (earliest, s.give_up_after) {
+            (Some(since), Some(after)) if s.stopped.is_none() => Some(to_system(since + after)),
             _ => None,
         };
         Health {
@@ -731,6 +739,15 @@ mod tests {
             reason: "HTTP 503".into(),
             now,
             delay: None,
+        }
+    }
+
+    /// A 50200: open for ten minutes.
+    fn blocked() -> Trip {
+        Trip {
+            reason: "50200".into(),
+            now: true,
+            delay: Some(Duration::from_secs(600)),
         }
     }
 
@@ -818,14 +835,7 @@ mod tests {
     #[tokio::test]
     async fn blocked_pause_and_stop() {
         let b = std::sync::Arc::new(Breaker::new(config(), NAMES, None));
-        b.failed(
-            Pass::Go,
-            Trip {
-                reason: "50200".into(),
-                now: true,
-                delay: Some(Duration::from_secs(600)),
-            },
-        );
+        b.failed(Pass::Go, blocked());
         let b2 = b.clone();
         let waiter = tokio::spawn(async move { b2.pass(0, true).await });
         tokio::time::sleep(Duration::from_millis(50)).await;
@@ -840,14 +850,7 @@ mod tests {
     #[tokio::test]
     async fn gives_up_after_the_bound() {
         let b = Breaker::new(config(), NAMES, Some(Duration::from_millis(150)));
-        b.failed(
-            Pass::Go,
-            Trip {
-                reason: "50200".into(),
-                now: true,
-                delay: Some(Duration::from_secs(600)),
-            },
-        );
+        b.failed(Pass::Go, blocked());
         assert!(b.health().give_up_at.is_some());
         let t0 = Instant::now();
         let err = b.pass(0, true).await.unwrap_err();

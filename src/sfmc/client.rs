@@ -694,6 +694,11 @@ impl SfmcClient {
                 }
                 Err(f) => f,
             };
+            // A 401 on this token means a missing permission, not an old token: it was
+            // fetched after this request's own refresh, or for a permission probe.
+            let fresh_token = (refreshed && token.fetched_at() >= queued_at)
+                || matches!(pass, Pass::Probe { circuit, last_failure }
+                    if circuit != 0 && token.fetched_at() >= last_failure);
             match f.verdict {
                 Verdict::Data => {
                     ticket.answered();
@@ -714,7 +719,7 @@ impl SfmcClient {
                         s = inner.breaker.until_stopped() => return Err(stop(attempts, Some(f.message), s.0)),
                     }
                 }
-                Verdict::Unauthorized if !(refreshed && token.fetched_at() >= queued_at) => {
+                Verdict::Unauthorized if !fresh_token => {
                     // The token expired or was revoked: refresh once and retry at once.
                     inner.stats.infra("unauthorized");
                     inner.tokens.invalidate(&token);

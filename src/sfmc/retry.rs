@@ -107,7 +107,6 @@ pub fn transport_message(err: &reqwest::Error) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use serde_json::json;
 
     #[test]
     fn retry_after_forms() {

@@ -248,7 +248,11 @@ pub(crate) struct Breaker {
     config: BreakerConfig,
     names: &'static [&'static str],
     state: Mutex<State>,
+    /// State changes waiters care about (a circuit closed, a probe ended, give-up);
+    /// not every answer, so a closed breaker wakes nobody.
     changed: Notify,
+    /// Only on give-up (requests waiting for a permit or the rate limiter listen).
+    stop_notify: Notify,
     stopped: AtomicBool,
 }
 
@@ -289,6 +293,7 @@ impl Breaker {
                 stopped: None,
             }),
             changed: Notify::new(),
+            stop_notify: Notify::new(),
             stopped: AtomicBool::new(false),
         }
     }
@@ -323,6 +328,7 @@ impl Breaker {
         }
         self.stopped.store(true, Ordering::SeqCst);
         self.changed.notify_waiters();
+        self.stop_notify.notify_waiters();
     }
 
     pub fn is_stopped(&self) -> bool {
@@ -336,11 +342,11 @@ impl Breaker {
     /// Resolves once the client gave up.
     pub async fn until_stopped(&self) -> Stopped {
         loop {
-            let notified = self.changed.notified();
+            let notified = self.stop_notify.notified();
             tokio::pin!(notified);
             notified.as_mut().enable();
-            if let Some(why) = self.stopped_reason() {
-                return Stopped(why);
+            if self.is_stopped() {
+                return Stopped(self.stopped_reason().unwrap_or_default());
             }
             notified.await;
         }
@@ -475,16 +481,18 @@ impl Breaker {
         let mut s = self.lock();
         s.consecutive = 0;
         s.last_answer = Some(Instant::now());
-        if let Pass::Probe { circuit, .. } = pass {
-            s.circuits[circuit].probe = false;
-            if let Some(o) = s.circuits[circuit].open.take() {
-                let name = self.circuit_name(circuit);
-                tracing::warn!(
-                    "{name}: answering again after {} ({}); delivery resumed",
-                    humanize(o.since.elapsed()),
-                    o.reason
-                );
-            }
+        // A closed breaker has no waiters to wake.
+        let Pass::Probe { circuit, .. } = pass else {
+            return;
+        };
+        s.circuits[circuit].probe = false;
+        if let Some(o) = s.circuits[circuit].open.take() {
+            let name = self.circuit_name(circuit);
+            tracing::warn!(
+                "{name}: answering again after {} ({}); delivery resumed",
+                humanize(o.since.elapsed()),
+                o.reason
+            );
         }
         drop(s);
         self.changed.notify_waiters();
@@ -566,7 +574,10 @@ impl Breaker {
             tracing::debug!(reason = %trip.reason, consecutive, "SFMC infrastructure failure");
         }
         drop(s);
-        self.changed.notify_waiters();
+        if matches!(pass, Pass::Probe { .. }) {
+            // The probe slot is free (waiters sleep until the next probe time themselves).
+            self.changed.notify_waiters();
+        }
         open
     }
 

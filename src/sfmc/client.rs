@@ -662,7 +662,10 @@ impl SfmcClient {
             // The token is taken now, after every wait.
             let token = match inner.tokens.get().await {
                 Ok(t) => {
-                    inner.breaker.token_answered();
+                    if t.fetched_at() >= queued_at {
+                        // Fetched for this request: the token endpoint answered.
+                        inner.breaker.token_answered();
+                    }
                     t
                 }
                 Err(e) => {

@@ -28,6 +28,9 @@ pub const CONTACT_CACHE: usize = 100_000;
 /// Contact Keys per `POST /contacts/v1/establish` call (SFMC documents no maximum; keep
 /// batches modest). 1: one `POST /contacts/v1/contacts` per key.
 pub const CONTACT_BATCH: usize = 100;
+/// `delivery.journey_batch`: Journey entries per `POST /interaction/v1/async/events`
+/// call, per event definition (SFMC's limit: 100).
+pub const JOURNEY_BATCH: usize = 100;
 /// `delivery.async_threshold`: rows waiting in one lane (a backlog behind the request
 /// rate) that send them through the asynchronous rows API instead of rowsets; 0: never.
 /// Only when `requests_per_second` limits the rate (unlimited, rowsets keep up).
@@ -44,6 +47,12 @@ pub const RETRY_BASE_DELAY: Duration = Duration::from_millis(200);
 /// `delivery.retry.max_delay`: upper bound of the backoff ceiling (`Retry-After` is not
 /// capped by it).
 pub const RETRY_MAX_DELAY: Duration = Duration::from_secs(30);
+/// `delivery.retry.blocked_pause`: pause between probes while SFMC answers 50200
+/// ("temporarily blocked": minutes, not seconds).
+pub const RETRY_BLOCKED_PAUSE: Duration = Duration::from_secs(120);
+/// `delivery.give_up_after`: how long `run` waits for an unavailable SFMC before writing
+/// what is left as `undelivered` dead letters (Segment's retry window).
+pub const GIVE_UP_AFTER: Duration = Duration::from_secs(4 * 3600);
 
 // Command-line flags (their `--help` shows them).
 
@@ -93,12 +102,15 @@ mod tests {
             ("request_timeout", Value::Duration(REQUEST_TIMEOUT)),
             ("contact_cache", Value::Int(CONTACT_CACHE as u64)),
             ("contact_batch", Value::Int(CONTACT_BATCH as u64)),
+            ("journey_batch", Value::Int(JOURNEY_BATCH as u64)),
             ("async_threshold", Value::Int(ASYNC_THRESHOLD as u64)),
             ("async_batch_rows", Value::Int(ASYNC_BATCH_ROWS as u64)),
             ("retry.attempts", Value::Int(u64::from(RETRY_ATTEMPTS))),
             ("retry.within", Value::Duration(RETRY_WITHIN)),
             ("retry.base_delay", Value::Duration(RETRY_BASE_DELAY)),
             ("retry.max_delay", Value::Duration(RETRY_MAX_DELAY)),
+            ("retry.blocked_pause", Value::Duration(RETRY_BLOCKED_PAUSE)),
+            ("give_up_after", Value::Duration(GIVE_UP_AFTER)),
         ]
     }
 

@@ -86,6 +86,7 @@ pub async fn consume(rules: RuleSource, opts: ConsumeOptions) -> Result<RunSumma
     p.requests_per_second = opts.requests_per_second;
     p.dedup_window = opts.dedup_window;
     p.unit = "messages";
+    p.several_relays = true;
     // On stop, what was read is delivered for up to this long; the rest is not committed.
     p.drain_timeout = Some(Duration::from_secs(crate::defaults::DRAIN_TIMEOUT_SECS));
     p.state_dir = opts.state_dir.clone();

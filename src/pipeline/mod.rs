@@ -106,6 +106,9 @@ pub struct PipelineOptions {
     /// Where state kept across runs lives (the contact cache); `None`: the dead-letter
     /// file's directory.
     pub state_dir: Option<PathBuf>,
+    /// Several relays share the credentials (`consume`): the legacy v1 warning says they
+    /// will invalidate each other's tokens.
+    pub several_relays: bool,
 }
 
 impl PipelineOptions {
@@ -124,6 +127,7 @@ impl PipelineOptions {
             workers: None,
             unit: "lines",
             state_dir: None,
+            several_relays: false,
         }
     }
 }
@@ -147,6 +151,17 @@ impl Pipeline {
     pub async fn start(rules: RuleSource, mut opts: PipelineOptions) -> Result<Self, RunError> {
         let program = rules();
         let target = target(&program, &opts.env, opts.requests_per_second).await?;
+        if let Some(w) = target.client.legacy_v1_warning(opts.several_relays) {
+            tracing::warn!("{w}");
+        }
+        // A file source gives up after `delivery.give_up_after` of SFMC unavailability:
+        // what is not delivered is dead-lettered as undelivered (in `replay`able form).
+        // Durable sources never give up: their input waits in the spool or in Kafka.
+        if !opts.durable {
+            target
+                .client
+                .set_give_up_after(program.settings.delivery.give_up_after);
+        }
         let mut dead = DeadLetters::new(&opts.dead_letter);
         if let Some(tee) = opts.dead_letter_tee.take() {
             dead = dead.with_tee(tee);
@@ -246,10 +261,18 @@ impl Pipeline {
         let woken = Arc::new(tokio::sync::Notify::new());
         let stopper = tokio::spawn({
             let (flag, woken) = (stop_flag.clone(), woken.clone());
+            let (client, durable) = (target.client.clone(), opts.durable);
             async move {
                 stop.await;
                 flag.store(true, Ordering::SeqCst);
                 woken.notify_one();
+                // A file source stopped during an outage: what waits for SFMC is
+                // dead-lettered as undelivered at once (`replay` sends it).
+                if !durable && client.give_up_if_unavailable() {
+                    eprintln!(
+                        "sfmc-relay: SFMC is unavailable: events not delivered are written to the dead-letter file as undelivered"
+                    );
+                }
             }
         });
         let mut d = Dispatcher {
@@ -411,8 +434,12 @@ impl Dispatcher<'_> {
                     message_id,
                 } => {
                     if self.stopping && !self.durable {
-                        self.sink
-                            .reject(&origin, &version, &event.to_value(), STOPPED_REASON);
+                        self.sink.dead_letter(
+                            &origin,
+                            &version,
+                            &event.to_value(),
+                            &Failure::undelivered(STOPPED_REASON, None, None),
+                        );
                         self.outcomes.dead_lettered.add(ty, 1);
                         Group::one_done(&group);
                         continue;
@@ -503,7 +530,7 @@ pub struct Unsent {
 impl Unsent {
     pub fn write(&self, records: Vec<Record>) -> std::io::Result<()> {
         let version = (self.rules)().version.clone();
-        let failure = Failure::rejected(STOPPED_REASON);
+        let failure = Failure::undelivered(STOPPED_REASON, None, None);
         for r in records {
             let text = String::from_utf8_lossy(&r.data);
             let events: Vec<Value> = match (r.too_long, parse_line_at(&text, &r.origin).0) {

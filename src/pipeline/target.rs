@@ -4,9 +4,12 @@
 use super::{Env, RunError};
 use crate::rules::Program;
 use crate::sfmc::sink::SinkConfig;
-use crate::sfmc::{ClientConfig, Credentials, Endpoints, RetryPolicy, SfmcClient};
+use crate::sfmc::{
+    BreakerConfig, ClientConfig, CredentialSource, Credentials, Endpoints, RetryPolicy, SfmcClient,
+};
 use crate::sim::{self, SimHandle};
 use std::num::NonZeroU32;
+use std::sync::Arc;
 
 /// Where events are delivered: SFMC, or the built-in simulator without credentials.
 pub struct Target {
@@ -40,25 +43,17 @@ pub async fn target(
             base_delay: d.retry_base_delay,
             max_delay: d.retry_max_delay,
         },
+        // While SFMC is unavailable, probes back off like retries.
+        breaker: BreakerConfig {
+            probe_base: d.retry_base_delay,
+            probe_max: d.retry_max_delay,
+            blocked_pause: d.retry_blocked_pause,
+            ..BreakerConfig::default()
+        },
+        ..ClientConfig::default()
     };
-    let has_id = env("SFMC_CLIENT_ID").is_some();
-    let has_secret = env("SFMC_CLIENT_SECRET").is_some();
-    if has_id != has_secret {
-        return Err(RunError::Config(format!(
-            "{} is set but {} is not: set both (or neither, to use the built-in SFMC simulator)",
-            if has_id {
-                "SFMC_CLIENT_ID"
-            } else {
-                "SFMC_CLIENT_SECRET"
-            },
-            if has_id {
-                "SFMC_CLIENT_SECRET"
-            } else {
-                "SFMC_CLIENT_ID"
-            },
-        )));
-    }
-    if !has_id {
+    let source = CredentialSource::from_vars(env).map_err(RunError::Config)?;
+    let Some(source) = source else {
         let handle = sim::start(sim::SimConfig::default(), ([127, 0, 0, 1], 0).into())
             .await
             .map_err(|e| RunError::Io(format!("cannot start the built-in SFMC simulator: {e}")))?;
@@ -81,7 +76,7 @@ delivering to the built-in SFMC simulator at {} (nothing leaves this machine)",
             sim: Some(handle),
             tenant: None,
         });
-    }
+    };
     let subdomain = env("SFMC_SUBDOMAIN").or_else(|| program.settings.subdomain.clone());
     let endpoints = Endpoints::resolve(
         subdomain.as_deref(),
@@ -107,13 +102,14 @@ delivering to the built-in SFMC simulator at {} (nothing leaves this machine)",
         }
         format!("{h:016x}")
     };
-    let creds = Credentials {
-        client_id: env("SFMC_CLIENT_ID").unwrap_or_default(),
-        client_secret: env("SFMC_CLIENT_SECRET").unwrap_or_default().into(),
-        account_id: env("SFMC_ACCOUNT_ID").or_else(|| program.settings.account_id.clone()),
-    };
-    let client =
-        SfmcClient::new(endpoints, creds, config).map_err(|e| RunError::Config(e.to_string()))?;
+    let source = Arc::new(source.or_account_id(program.settings.account_id.clone()));
+    let client = SfmcClient::with_credentials(endpoints, source, config)
+        .map_err(|e| RunError::Config(e.to_string()))?;
+    // SIGHUP re-reads SFMC_CLIENT_SECRET_FILE / SFMC_CLIENT_ID_FILE (secret rotation).
+    #[cfg(unix)]
+    if let Err(e) = client.reload_credentials_on_sighup() {
+        tracing::warn!("cannot listen for SIGHUP (credential reload): {e}");
+    }
     Ok(Target {
         client,
         sim: None,
@@ -131,7 +127,7 @@ pub fn sink_config(program: &Program) -> SinkConfig {
         lanes: d.max_in_flight.max(1),
         contact_cache: d.contact_cache,
         contact_batch: d.contact_batch,
-        journey_batch: SinkConfig::default().journey_batch,
+        journey_batch: d.journey_batch,
         async_threshold: d.async_threshold,
         async_batch_rows: d.async_batch_rows,
         contact_state: None,

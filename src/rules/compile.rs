@@ -480,18 +480,33 @@ fn compile_delivery(c: &mut Ctx, d: &DeliverySection) -> Delivery {
         request_timeout: c.duration(&d.request_timeout, def.request_timeout),
         contact_cache: c.uint(&d.contact_cache, def.contact_cache as u64, 0, 100_000_000) as usize,
         contact_batch: c.uint(&d.contact_batch, def.contact_batch as u64, 1, 1000) as usize,
+        journey_batch: c.uint(&d.journey_batch, def.journey_batch as u64, 1, 100) as usize,
         async_threshold: c.uint(&d.async_threshold, def.async_threshold as u64, 0, 1_000_000)
             as usize,
         async_batch_rows: c.uint(&d.async_batch_rows, def.async_batch_rows as u64, 1, 32_000)
             as usize,
         ..def
     };
+    if let Some(r) = &d.give_up_after {
+        match c.scalar(r, "a duration like 4h, or never").as_deref() {
+            Some("never") => out.give_up_after = None,
+            Some(t) => match parse_duration(t) {
+                Some(d) => out.give_up_after = Some(d),
+                None => c.err(
+                    &r.referenced,
+                    format!("expected a duration like 30m or 4h, or `never`, found {t:?}"),
+                ),
+            },
+            None => {}
+        }
+    }
     if let Some(r) = &d.retry {
         let r = &r.value;
         out.retry_attempts = c.uint(&r.attempts, out.retry_attempts as u64, 1, 1000) as u32;
         out.retry_within = c.duration(&r.within, out.retry_within);
         out.retry_base_delay = c.duration(&r.base_delay, out.retry_base_delay);
         out.retry_max_delay = c.duration(&r.max_delay, out.retry_max_delay);
+        out.retry_blocked_pause = c.duration(&r.blocked_pause, out.retry_blocked_pause);
     }
     out
 }

@@ -50,6 +50,8 @@ pub struct Delivery {
     /// Contact Keys per `/contacts/v1/establish` call (1: one `/contacts/v1/contacts` call
     /// per key).
     pub contact_batch: usize,
+    /// Journey entries per `/interaction/v1/async/events` call (1-100).
+    pub journey_batch: usize,
     /// Rows waiting in a lane that switch it to the asynchronous rows API (0: never).
     pub async_threshold: usize,
     /// Rows per asynchronous rows request.
@@ -58,6 +60,12 @@ pub struct Delivery {
     pub retry_within: Duration,
     pub retry_base_delay: Duration,
     pub retry_max_delay: Duration,
+    /// Pause between probes while SFMC answers 50200 "temporarily blocked".
+    pub retry_blocked_pause: Duration,
+    /// `run` gives up when SFMC has been unavailable this long (`None`: `never`); the
+    /// events not delivered go to the dead-letter file as `undelivered`. `serve` and
+    /// `consume` never give up.
+    pub give_up_after: Option<Duration>,
 }
 
 impl Default for Delivery {
@@ -73,12 +81,15 @@ impl Default for Delivery {
             request_timeout: d::REQUEST_TIMEOUT,
             contact_cache: d::CONTACT_CACHE,
             contact_batch: d::CONTACT_BATCH,
+            journey_batch: d::JOURNEY_BATCH,
             async_threshold: d::ASYNC_THRESHOLD,
             async_batch_rows: d::ASYNC_BATCH_ROWS,
             retry_attempts: d::RETRY_ATTEMPTS,
             retry_within: d::RETRY_WITHIN,
             retry_base_delay: d::RETRY_BASE_DELAY,
             retry_max_delay: d::RETRY_MAX_DELAY,
+            retry_blocked_pause: d::RETRY_BLOCKED_PAUSE,
+            give_up_after: Some(d::GIVE_UP_AFTER),
         }
     }
 }

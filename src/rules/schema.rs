@@ -66,8 +66,10 @@ pub struct DeliverySection {
     pub request_timeout: Option<Raw>,
     pub contact_cache: Option<Raw>,
     pub contact_batch: Option<Raw>,
+    pub journey_batch: Option<Raw>,
     pub async_threshold: Option<Raw>,
     pub async_batch_rows: Option<Raw>,
+    pub give_up_after: Option<Raw>,
     pub retry: Option<Spanned<RetrySection>>,
 }
 
@@ -78,6 +80,7 @@ pub struct RetrySection {
     pub within: Option<Raw>,
     pub base_delay: Option<Raw>,
     pub max_delay: Option<Raw>,
+    pub blocked_pause: Option<Raw>,
 }
 
 #[derive(Debug, Deserialize)]

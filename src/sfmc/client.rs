@@ -1,4 +1,18 @@
-//! The SFMC REST client: auth, rate governing, bounded concurrency, retries, counters.
+//! The SFMC REST client: auth, rate governing, bounded concurrency, retries, the circuit
+//! breaker, counters.
+//!
+//! What a caller of [`SfmcClient::send`] sees (see [`super::classify`] for the classes):
+//!
+//! - `Ok`: SFMC accepted the request.
+//! - [`SendError::Permanent`]: SFMC refused the content (data): dead-letter it.
+//! - [`SendError::Uncertain`]: a Journey event that SFMC may have processed; it was not
+//!   sent again and must not be resent blindly.
+//! - [`SendError::Undelivered`]: the caller gave up ([`SfmcClient::give_up`] or
+//!   [`ClientConfig::give_up_after`]) before the request could be delivered.
+//!
+//! Infrastructure failures are never returned: the request waits. Each attempt is made in
+//! this order: wait for the breaker, take an in-flight permit, wait for the rate limiter,
+//! then take the token (so a request that queued cannot carry a stale one), then send.
 
 use std::collections::BTreeMap;
 use std::fmt;
@@ -16,8 +30,10 @@ use serde_json::Value;
 use tokio::sync::Semaphore;
 use tokio::time::Instant;
 
-use super::auth::{AccessToken, AuthError, Credentials, TokenCache};
-use super::endpoints::Endpoints;
+use super::auth::{AccessToken, CredentialSource, Credentials, TokenCache};
+use super::breaker::{Breaker, BreakerConfig, BreakerState, Health, Pass, Trip};
+use super::classify::{self, FailureClass, Idempotency, Infra, Verdict};
+use super::endpoints::{AuthVersion, Endpoints};
 use super::retry::{self, RetryPolicy};
 
 /// Client tuning.
@@ -30,7 +46,20 @@ pub struct ClientConfig {
     pub max_in_flight: usize,
     /// Per-HTTP-request timeout, token requests included (default 30 s).
     pub request_timeout: Duration,
+    /// Backoff between retries of one request while the breaker is closed. A request that
+    /// failed `max_attempts` times in a row, or for `max_elapsed`, opens the breaker (it
+    /// is not returned as a failure).
     pub retry: RetryPolicy,
+    /// When SFMC counts as unavailable and how it is probed.
+    pub breaker: BreakerConfig,
+    /// Attempts of a call answered with a bare 10006 (no `additionalErrors`) before it is
+    /// returned as a data failure (default 3).
+    pub bare_10006_attempts: u32,
+    /// Give up once SFMC has been unavailable (the global breaker open) this long: every
+    /// waiting and later request returns [`SendError::Undelivered`]. `None` (the default)
+    /// waits for ever; `run` uses `delivery.give_up_after` (4 h), `serve` and `consume`
+    /// never give up (their input is durable). See also [`SfmcClient::set_give_up_after`].
+    pub give_up_after: Option<Duration>,
 }
 
 impl Default for ClientConfig {
@@ -40,6 +69,9 @@ impl Default for ClientConfig {
             max_in_flight: crate::defaults::MAX_IN_FLIGHT,
             request_timeout: crate::defaults::REQUEST_TIMEOUT,
             retry: RetryPolicy::default(),
+            breaker: BreakerConfig::default(),
+            bare_10006_attempts: 3,
+            give_up_after: None,
         }
     }
 }
@@ -53,11 +85,13 @@ pub struct SfmcResponse {
     pub body: Value,
 }
 
-/// Why a request failed for good. Never contains the client secret or a token.
+/// Why a request did not succeed. Never contains the client secret or a token.
+/// Infrastructure failures are not among them: the client waits those out.
 #[derive(Debug, Clone, thiserror::Error)]
 pub enum SendError {
-    /// SFMC rejected the request and retrying will not help (e.g. a bad row). `status` is
-    /// 0 when no HTTP response was involved (an invalid request URL).
+    /// SFMC refused the request for its content (a data failure: a bad row, an unknown
+    /// event definition, a bare 10006 that persisted). `status` is 0 when no HTTP
+    /// response was involved (an invalid request URL).
     #[error("{}", permanent_line(*status, *errorcode, message, *attempts))]
     Permanent {
         status: u16,
@@ -66,16 +100,41 @@ pub enum SendError {
         body: Value,
         attempts: u32,
     },
-    /// Retryable failures until the attempt or time budget ran out.
-    #[error("SFMC request failed after {attempts} attempt(s) in {elapsed:.1?}: {last_error}")]
-    Exhausted {
-        last_error: String,
+    /// A non-idempotent call (Journey event) failed in a way that does not tell whether
+    /// SFMC processed it (timeout, connection lost after sending, 5xx). It was not sent
+    /// again.
+    #[error(
+        "SFMC may have processed this request (attempt {attempts}): {message}; it was not sent again"
+    )]
+    Uncertain { message: String, attempts: u32 },
+    /// The caller gave up while the request waited for SFMC to become available; SFMC did
+    /// not accept it (it may never have been sent).
+    #[error("not delivered: {reason}{}", last_error.as_deref().filter(|e| !reason.contains(e)).map(|e| format!("; last error: {e}")).unwrap_or_default())]
+    Undelivered {
+        reason: String,
         attempts: u32,
-        elapsed: Duration,
+        last_error: Option<String>,
     },
-    /// Credentials rejected (token endpoint) or a fresh token still got 401.
-    #[error("SFMC authentication failed: {0}")]
-    Auth(String),
+}
+
+impl SendError {
+    /// The failure class: data, uncertain, or infrastructure (undelivered).
+    pub fn class(&self) -> FailureClass {
+        match self {
+            SendError::Permanent { .. } => FailureClass::Data,
+            SendError::Uncertain { .. } => FailureClass::Uncertain,
+            SendError::Undelivered { .. } => FailureClass::Infrastructure,
+        }
+    }
+
+    /// HTTP attempts made.
+    pub fn attempts(&self) -> u32 {
+        match self {
+            SendError::Permanent { attempts, .. }
+            | SendError::Uncertain { attempts, .. }
+            | SendError::Undelivered { attempts, .. } => *attempts,
+        }
+    }
 }
 
 fn permanent_line(status: u16, errorcode: Option<i64>, message: &str, attempts: u32) -> String {
@@ -101,6 +160,19 @@ pub struct ClientStats {
     pub responses: BTreeMap<String, BTreeMap<u16, u64>>,
     /// Retries by endpoint pattern.
     pub retries_per_endpoint: BTreeMap<String, u64>,
+    /// Failures by class: `data` and `uncertain` count calls returned as such,
+    /// `infrastructure` counts failed attempts (token requests included) that were waited
+    /// out.
+    pub failures: BTreeMap<String, u64>,
+    /// Infrastructure failures by kind: `rate_limited`, `blocked`, `server_error`,
+    /// `request_timeout`, `timeout`, `unreachable`, `connection_lost`, `forbidden`,
+    /// `unauthorized` (401, token refreshed), `missing_permission`,
+    /// `credentials_rejected`, `token_blocked`, `token_rate_limited`, `token_unavailable`.
+    pub infrastructure: BTreeMap<String, u64>,
+    /// Calls returned as undelivered (the caller gave up).
+    pub undelivered: u64,
+    /// Times the global breaker opened.
+    pub breaker_opens: u64,
 }
 
 const ENDPOINT_NAMES: [&str; 10] = [
@@ -164,6 +236,10 @@ struct Stats {
     statuses: Box<[AtomicU64]>,
     /// Indexed by endpoint * 600 + status code.
     endpoint_statuses: Box<[AtomicU64]>,
+    /// Failure class and infrastructure kind counters (failure paths only).
+    failures: Mutex<BTreeMap<&'static str, u64>>,
+    infrastructure: Mutex<BTreeMap<&'static str, u64>>,
+    undelivered: AtomicU64,
 }
 
 impl Stats {
@@ -176,7 +252,29 @@ impl Stats {
             endpoint_statuses: (0..600 * ENDPOINT_NAMES.len())
                 .map(|_| AtomicU64::new(0))
                 .collect(),
+            failures: Mutex::new(BTreeMap::new()),
+            infrastructure: Mutex::new(BTreeMap::new()),
+            undelivered: AtomicU64::new(0),
         }
+    }
+
+    fn class(&self, class: FailureClass) {
+        *self
+            .failures
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .entry(class.as_str())
+            .or_default() += 1;
+    }
+
+    fn infra(&self, kind: &'static str) {
+        self.class(FailureClass::Infrastructure);
+        *self
+            .infrastructure
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .entry(kind)
+            .or_default() += 1;
     }
 }
 
@@ -187,8 +285,7 @@ struct Inner {
     tokens: TokenCache,
     limiter: Option<DefaultDirectRateLimiter>,
     in_flight: Semaphore,
-    /// No request starts before this instant (set by 429 responses).
-    not_before: Mutex<Option<Instant>>,
+    breaker: Breaker,
     stats: Stats,
 }
 
@@ -209,14 +306,51 @@ impl fmt::Debug for SfmcClient {
 }
 
 /// What one HTTP attempt produced, when it did not succeed.
-enum Failure {
-    Unauthorized(AccessToken, String),
-    Retryable {
-        message: String,
-        retry_after: Option<Duration>,
-        throttled: bool,
-    },
-    Permanent(SendError),
+struct AttemptFailure {
+    verdict: Verdict,
+    /// SFMC's message (or the transport error), one line.
+    message: String,
+    status: u16,
+    body: Value,
+}
+
+/// A breaker pass that is released if the attempt ends without an outcome.
+struct Ticket<'a> {
+    breaker: &'a Breaker,
+    pass: Pass,
+    settled: bool,
+}
+
+impl Ticket<'_> {
+    fn answered(mut self) {
+        self.settled = true;
+        self.breaker.answered(self.pass);
+    }
+    fn failed(mut self, trip: Trip) -> bool {
+        self.settled = true;
+        self.breaker.failed(self.pass, trip)
+    }
+    fn permission_denied(mut self, endpoint: usize, reason: String) {
+        self.settled = true;
+        self.breaker.permission_denied(self.pass, endpoint, reason);
+    }
+}
+
+impl Drop for Ticket<'_> {
+    fn drop(&mut self) {
+        if !self.settled {
+            self.breaker.release(self.pass);
+        }
+    }
+}
+
+/// Why a request is not sent after the caller gave up.
+fn undelivered(reason: String, attempts: u32, last_error: Option<String>) -> SendError {
+    SendError::Undelivered {
+        reason,
+        attempts,
+        last_error,
+    }
 }
 
 impl SfmcClient {
@@ -225,13 +359,26 @@ impl SfmcClient {
         credentials: Credentials,
         config: ClientConfig,
     ) -> anyhow::Result<Self> {
+        Self::with_credentials(
+            endpoints,
+            Arc::new(CredentialSource::fixed(credentials)),
+            config,
+        )
+    }
+
+    /// A client whose credentials come from `source` (files re-read on rotation).
+    pub fn with_credentials(
+        endpoints: Endpoints,
+        source: Arc<CredentialSource>,
+        config: ClientConfig,
+    ) -> anyhow::Result<Self> {
         anyhow::ensure!(config.max_in_flight > 0, "max_in_flight must be at least 1");
         anyhow::ensure!(
             config.retry.max_attempts > 0,
             "retry.max_attempts must be at least 1"
         );
         anyhow::ensure!(
-            !credentials.client_id.trim().is_empty(),
+            !source.current().client_id.trim().is_empty(),
             "SFMC client id is empty"
         );
         let http = reqwest::Client::builder()
@@ -240,10 +387,15 @@ impl SfmcClient {
             .redirect(reqwest::redirect::Policy::none())
             .user_agent(concat!("sfmc-relay/", env!("CARGO_PKG_VERSION")))
             .build()?;
-        let tokens = TokenCache::new(http.clone(), &endpoints, credentials);
+        let tokens = TokenCache::new(http.clone(), &endpoints, source, config.breaker.clone());
         let limiter = config
             .requests_per_second
             .map(|rps| RateLimiter::direct(Quota::per_second(rps)));
+        let breaker = Breaker::new(
+            config.breaker.clone(),
+            &ENDPOINT_NAMES,
+            config.give_up_after,
+        );
         Ok(SfmcClient {
             inner: Arc::new(Inner {
                 in_flight: Semaphore::new(config.max_in_flight),
@@ -252,7 +404,7 @@ impl SfmcClient {
                 config,
                 tokens,
                 limiter,
-                not_before: Mutex::new(None),
+                breaker,
                 stats: Stats::new(),
             }),
         })
@@ -269,6 +421,95 @@ impl SfmcClient {
     /// The shared token cache.
     pub fn tokens(&self) -> &TokenCache {
         &self.inner.tokens
+    }
+
+    /// Whether SFMC is available, and if not since when, why, and when the next probe is.
+    pub fn health(&self) -> Health {
+        self.inner.breaker.health()
+    }
+
+    /// Give up waiting for SFMC: every request waiting for the breaker, for an in-flight
+    /// permit, for the rate limiter or between retries, and every later one, returns
+    /// [`SendError::Undelivered`] promptly. Requests already on the wire finish. Not
+    /// reversible: for the end of a `run` (after `give_up_after`, or a signal during an
+    /// outage).
+    pub fn give_up(&self) {
+        let h = self.health();
+        let why = match (h.state, h.reason) {
+            (BreakerState::Closed, _) | (_, None) => {
+                "the relay stopped before SFMC accepted it".to_string()
+            }
+            (_, Some(r)) => format!("the relay stopped while SFMC was unavailable ({r})"),
+        };
+        self.inner.breaker.stop(why);
+    }
+
+    /// [`SfmcClient::give_up`] only if SFMC is unavailable now (a circuit is open); returns
+    /// whether it gave up. For SIGINT/SIGTERM: during an outage the waiting events are
+    /// dead-lettered as undelivered; otherwise in-flight events are flushed normally.
+    pub fn give_up_if_unavailable(&self) -> bool {
+        if self.health().state == BreakerState::Closed {
+            return false;
+        }
+        self.give_up();
+        true
+    }
+
+    /// Whether the client gave up.
+    pub fn given_up(&self) -> bool {
+        self.inner.breaker.is_stopped()
+    }
+
+    /// Change [`ClientConfig::give_up_after`] (e.g. `run` sets `delivery.give_up_after`).
+    pub fn set_give_up_after(&self, after: Option<Duration>) {
+        self.inner.breaker.set_give_up_after(after);
+    }
+
+    /// Re-read the credential files (`SFMC_CLIENT_SECRET_FILE`, `SFMC_CLIENT_ID_FILE`).
+    /// When they changed (logged, never the secret) the token backoff is reset and, during
+    /// an outage, the next probe is sent at once. `Ok(false)` when nothing changed or no
+    /// credential comes from a file.
+    pub fn reload_credentials(&self, why: &str) -> Result<bool, String> {
+        let changed = self.inner.tokens.source().reload(why)?;
+        if changed {
+            self.inner.tokens.reset_backoff();
+            self.inner.breaker.probe_now();
+        }
+        Ok(changed)
+    }
+
+    /// Re-read the credential files on every SIGHUP (Unix), for as long as the client
+    /// lives. Call once per process, from a Tokio runtime.
+    #[cfg(unix)]
+    pub fn reload_credentials_on_sighup(&self) -> std::io::Result<tokio::task::JoinHandle<()>> {
+        use tokio::signal::unix::{SignalKind, signal};
+        let mut hup = signal(SignalKind::hangup())?;
+        let weak = Arc::downgrade(&self.inner);
+        Ok(tokio::spawn(async move {
+            while hup.recv().await.is_some() {
+                let Some(inner) = weak.upgrade() else { break };
+                let client = SfmcClient { inner };
+                match client.reload_credentials("SIGHUP") {
+                    Ok(true) => {}
+                    Ok(false) => tracing::info!(
+                        "SIGHUP: SFMC credentials unchanged{}",
+                        if client.inner.tokens.source().is_reloadable() {
+                            ""
+                        } else {
+                            " (they do not come from SFMC_CLIENT_SECRET_FILE / SFMC_CLIENT_ID_FILE)"
+                        }
+                    ),
+                    Err(e) => tracing::warn!("SIGHUP: {e}; keeping the current SFMC credentials"),
+                }
+            }
+        }))
+    }
+
+    /// The start-up warning for legacy v1 endpoints (no subdomain), if they are used.
+    /// `several_relays`: the caller may run next to other relays with the same client id
+    /// (`consume`).
+    pub fn legacy_v1_warning(&self, several_relays: bool) -> Option<String> {
+        self.inner.endpoints.legacy_v1_warning(several_relays)
     }
 
     /// Snapshot of the counters.
@@ -300,6 +541,13 @@ impl SfmcClient {
             .map(|(n, c)| (n.to_string(), c.load(Ordering::Relaxed)))
             .filter(|(_, c)| *c > 0)
             .collect();
+        let named = |m: &Mutex<BTreeMap<&'static str, u64>>| {
+            m.lock()
+                .unwrap_or_else(|e| e.into_inner())
+                .iter()
+                .map(|(k, v)| (k.to_string(), *v))
+                .collect()
+        };
         ClientStats {
             responses,
             retries_per_endpoint,
@@ -315,24 +563,46 @@ impl SfmcClient {
                     (n > 0).then_some((code as u16, n))
                 })
                 .collect(),
+            failures: named(&s.failures),
+            infrastructure: named(&s.infrastructure),
+            undelivered: s.undelivered.load(Ordering::Relaxed),
+            breaker_opens: self.inner.breaker.opens(),
         }
     }
 
     /// Send `body` (already-serialized JSON) to `path` (starting with `/`, relative to the
-    /// REST base). Retries retryable failures per the policy, refreshes the token once on a
-    /// 401, and pauses the whole client after a 429.
+    /// REST base), with the idempotency its method and path imply (Journey event POSTs are
+    /// not idempotent; see [`classify::idempotency`]).
     pub async fn send(
         &self,
         method: Method,
         path: &str,
         body: Bytes,
     ) -> Result<SfmcResponse, SendError> {
+        let idem = classify::idempotency(&method, path);
+        self.send_as(method, path, body, idem).await
+    }
+
+    /// [`SfmcClient::send`] with the idempotency given by the caller.
+    ///
+    /// Data failures come back at once (a bare 10006 after `bare_10006_attempts`). A 401
+    /// refreshes the token once; a 401 again on a token fetched after the request was
+    /// queued (or a 403) means the token lacks a permission: that endpoint's requests wait
+    /// (logged with the permission) while others go on. Other infrastructure failures are
+    /// retried with backoff and, when they persist or SFMC throttles, open the breaker:
+    /// every request then waits for a probe to succeed. A non-idempotent call that may
+    /// have been processed returns [`SendError::Uncertain`] without a resend.
+    pub async fn send_as(
+        &self,
+        method: Method,
+        path: &str,
+        body: Bytes,
+        idem: Idempotency,
+    ) -> Result<SfmcResponse, SendError> {
         let inner = &*self.inner;
         let policy = &inner.config.retry;
-        let start = Instant::now();
-        let mut attempts: u32 = 0;
-        let mut refreshed_after_401 = false;
         if !path.starts_with('/') {
+            inner.stats.class(FailureClass::Data);
             return Err(SendError::Permanent {
                 status: 0,
                 message: format!("invalid request path {path:?}: must start with '/'"),
@@ -343,97 +613,199 @@ impl SfmcClient {
         }
         let url = inner.endpoints.rest_url(path);
         let endpoint = endpoint_index(path);
+        let idempotent = idem == Idempotency::Idempotent;
+        let queued_at = Instant::now();
+        let mut attempts: u32 = 0;
+        let mut refreshed = false;
+        let mut bare_10006: u32 = 0;
+        // This request's infrastructure failures in a row while the breaker stayed closed.
+        let mut streak: u32 = 0;
+        let mut streak_since: Option<Instant> = None;
+        let mut last_error: Option<String> = None;
+        let stop = |attempts: u32, last_error: Option<String>, why: String| {
+            inner.stats.undelivered.fetch_add(1, Ordering::Relaxed);
+            undelivered(why, attempts, last_error)
+        };
         loop {
+            let pass = match inner.breaker.pass(endpoint, idempotent).await {
+                Ok(p) => p,
+                Err(s) => return Err(stop(attempts, last_error, s.0)),
+            };
+            if pass != Pass::Go {
+                // Waited out an outage: this request's earlier failures no longer count.
+                streak = 0;
+                streak_since = None;
+            }
+            let ticket = Ticket {
+                breaker: &inner.breaker,
+                pass,
+                settled: false,
+            };
+            let permit = tokio::select! {
+                p = inner.in_flight.acquire() => p.expect("semaphore never closed"),
+                s = inner.breaker.until_stopped() => return Err(stop(attempts, last_error, s.0)),
+            };
+            if let Some(limiter) = &inner.limiter {
+                tokio::select! {
+                    _ = limiter.until_ready() => {}
+                    s = inner.breaker.until_stopped() => return Err(stop(attempts, last_error, s.0)),
+                }
+            }
+            // The breaker may have opened while this request queued.
+            if !inner.breaker.still_open_for(endpoint, pass) {
+                continue;
+            }
+            // A permission probe needs a token minted after its last 401 (scopes are fixed
+            // when a token is issued).
+            if let Pass::Probe {
+                circuit,
+                last_failure,
+            } = pass
+                && circuit != 0
+            {
+                inner.tokens.invalidate_fetched_before(last_failure);
+            }
+            // The token is taken now, after every wait.
+            let token = match inner.tokens.get().await {
+                Ok(t) => {
+                    if t.fetched_at() >= queued_at {
+                        // Fetched for this request: the token endpoint answered.
+                        inner.breaker.token_answered();
+                    }
+                    t
+                }
+                Err(e) => {
+                    drop(permit);
+                    inner.stats.infra(e.kind.label());
+                    let delay = inner.tokens.retry_in();
+                    last_error = Some(e.message.clone());
+                    ticket.failed(Trip {
+                        reason: e.message,
+                        now: true,
+                        delay,
+                    });
+                    continue;
+                }
+            };
             attempts += 1;
             if attempts > 1 {
                 inner.stats.retries.fetch_add(1, Ordering::Relaxed);
                 inner.stats.retries_per_endpoint[endpoint].fetch_add(1, Ordering::Relaxed);
             }
-            let failure = match self
-                .attempt(&method, path, &url, endpoint, &body, attempts)
-                .await
-            {
-                Ok(resp) => return Ok(resp),
+            let outcome = self
+                .attempt(&method, path, &url, endpoint, &body, &token, idem, attempts)
+                .await;
+            drop(permit);
+            let f = match outcome {
+                Ok(resp) => {
+                    ticket.answered();
+                    return Ok(resp);
+                }
                 Err(f) => f,
             };
-            let (message, retry_after, throttled) = match failure {
-                Failure::Permanent(SendError::Permanent {
-                    status,
-                    message,
-                    errorcode,
-                    body,
-                    ..
-                }) => {
-                    return Err(SendError::Permanent {
-                        status,
-                        message,
-                        errorcode,
-                        body,
+            // A 401 on this token means a missing permission, not an old token: it was
+            // fetched after this request's own refresh, or for a permission probe.
+            let fresh_token = (refreshed && token.fetched_at() >= queued_at)
+                || matches!(pass, Pass::Probe { circuit, last_failure }
+                    if circuit != 0 && token.fetched_at() >= last_failure);
+            match f.verdict {
+                Verdict::Data => {
+                    ticket.answered();
+                    inner.stats.class(FailureClass::Data);
+                    return Err(permanent(f, attempts));
+                }
+                Verdict::DataOrTransient => {
+                    ticket.answered();
+                    bare_10006 += 1;
+                    if bare_10006 >= inner.config.bare_10006_attempts.max(1) {
+                        inner.stats.class(FailureClass::Data);
+                        return Err(permanent(f, attempts));
+                    }
+                    let delay = policy.backoff(bare_10006);
+                    tracing::debug!(%method, path, attempt = attempts, delay_ms = delay.as_millis() as u64, "bare 10006: retrying");
+                    tokio::select! {
+                        _ = tokio::time::sleep(delay) => {}
+                        s = inner.breaker.until_stopped() => return Err(stop(attempts, Some(f.message), s.0)),
+                    }
+                }
+                Verdict::Unauthorized if !fresh_token => {
+                    // The token expired or was revoked: refresh once and retry at once.
+                    inner.stats.infra("unauthorized");
+                    inner.tokens.invalidate(&token);
+                    refreshed = true;
+                    ticket.answered();
+                }
+                Verdict::Unauthorized | Verdict::Infrastructure(Infra::Forbidden) => {
+                    let reason = self.permission_reason(&method, path, f.status, &f.message);
+                    inner.stats.infra("missing_permission");
+                    last_error = Some(reason.clone());
+                    ticket.permission_denied(endpoint, reason);
+                }
+                Verdict::Uncertain(kind) => {
+                    let line = failure_line(&method, path, &f);
+                    inner.stats.infra(kind.label());
+                    inner.stats.class(FailureClass::Uncertain);
+                    ticket.failed(Trip {
+                        reason: line.clone(),
+                        now: false,
+                        delay: None,
+                    });
+                    return Err(SendError::Uncertain {
+                        message: line,
                         attempts,
                     });
                 }
-                Failure::Permanent(e) => return Err(e),
-                Failure::Unauthorized(token, message) => {
-                    if refreshed_after_401 {
-                        return Err(SendError::Auth(format!(
-                            "{message} (still 401 after fetching a new token)"
-                        )));
+                Verdict::Infrastructure(kind) => {
+                    let line = failure_line(&method, path, &f);
+                    inner.stats.infra(kind.label());
+                    streak += 1;
+                    let since = *streak_since.get_or_insert_with(Instant::now);
+                    let persistent =
+                        streak >= policy.max_attempts || since.elapsed() >= policy.max_elapsed;
+                    let (now, delay) = match kind {
+                        Infra::Blocked => (true, Some(inner.config.breaker.blocked_pause)),
+                        Infra::RateLimited { retry_after } => (true, retry_after),
+                        _ => (persistent, None),
+                    };
+                    last_error = Some(line.clone());
+                    let open = ticket.failed(Trip {
+                        reason: line,
+                        now,
+                        delay,
+                    });
+                    if !open {
+                        let delay = policy.backoff(streak);
+                        tracing::debug!(%method, path, attempt = attempts, delay_ms = delay.as_millis() as u64, "retrying SFMC request");
+                        tokio::select! {
+                            _ = tokio::time::sleep(delay) => {}
+                            s = inner.breaker.until_stopped() => return Err(stop(attempts, last_error, s.0)),
+                        }
                     }
-                    refreshed_after_401 = true;
-                    inner.tokens.invalidate(&token);
-                    // Retry at once with a new token; this does not use up the retry budget.
-                    continue;
                 }
-                Failure::Retryable {
-                    message,
-                    retry_after,
-                    throttled,
-                } => (message, retry_after, throttled),
-            };
-            let delay = policy.delay(attempts, retry_after);
-            let elapsed = start.elapsed();
-            let budget_attempts = attempts - u32::from(refreshed_after_401);
-            if budget_attempts >= policy.max_attempts || elapsed + delay > policy.max_elapsed {
-                return Err(SendError::Exhausted {
-                    last_error: message,
-                    attempts,
-                    elapsed,
-                });
-            }
-            if throttled {
-                self.pause_until(Instant::now() + delay);
-            }
-            tracing::debug!(%method, path, attempt = attempts, delay_ms = delay.as_millis() as u64, error = %message, "retrying SFMC request");
-            tokio::time::sleep(delay).await;
-        }
-    }
-
-    /// Make every request of this client wait until `at` (never shortens a pause).
-    fn pause_until(&self, at: Instant) {
-        let mut nb = self
-            .inner
-            .not_before
-            .lock()
-            .unwrap_or_else(|e| e.into_inner());
-        if nb.is_none_or(|cur| cur < at) {
-            *nb = Some(at);
-        }
-    }
-
-    async fn wait_not_before(&self) {
-        loop {
-            let nb = *self
-                .inner
-                .not_before
-                .lock()
-                .unwrap_or_else(|e| e.into_inner());
-            match nb {
-                Some(at) if at > Instant::now() => tokio::time::sleep_until(at).await,
-                _ => return,
             }
         }
     }
 
+    /// The log line for a token that lacks the permission for a call.
+    fn permission_reason(&self, method: &Method, path: &str, status: u16, message: &str) -> String {
+        let permission = classify::required_permission(method, path);
+        let what = if status == 403 {
+            format!("HTTP 403 ({message})")
+        } else {
+            "HTTP 401 again with a token fetched after the request was queued".to_string()
+        };
+        let v1 = if self.inner.endpoints.version == AuthVersion::V1 {
+            " (on legacy v1 endpoints, another process requesting tokens with the same client id also causes this)"
+        } else {
+            ""
+        };
+        format!(
+            "{method} {path}: {what}: the API integration likely lacks the permission {permission}; \
+grant it to the installed package in Marketing Cloud Setup{v1}"
+        )
+    }
+
+    #[allow(clippy::too_many_arguments)]
     async fn attempt(
         &self,
         method: &Method,
@@ -441,36 +813,11 @@ impl SfmcClient {
         url: &str,
         endpoint: usize,
         body: &Bytes,
+        token: &AccessToken,
+        idem: Idempotency,
         attempt: u32,
-    ) -> Result<SfmcResponse, Failure> {
+    ) -> Result<SfmcResponse, AttemptFailure> {
         let inner = &*self.inner;
-        self.wait_not_before().await;
-        let token = match inner.tokens.get().await {
-            Ok(t) => t,
-            Err(AuthError::Rejected(m)) => return Err(Failure::Permanent(SendError::Auth(m))),
-            Err(AuthError::Transient {
-                message,
-                retry_after,
-                throttled,
-            }) => {
-                return Err(Failure::Retryable {
-                    message: format!("token request: {message}"),
-                    retry_after,
-                    throttled,
-                });
-            }
-        };
-        let _permit = inner
-            .in_flight
-            .acquire()
-            .await
-            .expect("semaphore never closed");
-        if let Some(limiter) = &inner.limiter {
-            limiter.until_ready().await;
-        }
-        // A 429 may have arrived while we queued.
-        self.wait_not_before().await;
-
         inner.stats.endpoints[endpoint].fetch_add(1, Ordering::Relaxed);
         let sent = inner
             .http
@@ -484,22 +831,13 @@ impl SfmcClient {
             Ok(r) => r,
             Err(e) => {
                 let e = e.without_url();
-                let message = format!("{method} {path}: {}", retry::transport_message(&e));
+                let message = retry::transport_message(&e);
                 tracing::debug!(%method, path, attempt, error = %message, "SFMC request failed");
-                return Err(if retry::is_retryable_transport(&e) {
-                    Failure::Retryable {
-                        message,
-                        retry_after: None,
-                        throttled: false,
-                    }
-                } else {
-                    Failure::Permanent(SendError::Permanent {
-                        status: 0,
-                        message,
-                        errorcode: None,
-                        body: Value::Null,
-                        attempts: attempt,
-                    })
+                return Err(AttemptFailure {
+                    verdict: classify::classify_transport(classify::transport_kind(&e), idem),
+                    message,
+                    status: 0,
+                    body: Value::Null,
                 });
             }
         };
@@ -521,20 +859,25 @@ impl SfmcClient {
             .get(RETRY_AFTER)
             .and_then(|v| v.to_str().ok())
             .and_then(|v| retry::parse_retry_after(v, SystemTime::now()));
+        let success = (200..300).contains(&status);
         let bytes = match resp.bytes().await {
             Ok(b) => b,
+            // The status says SFMC accepted it; the echo is not needed.
+            Err(_) if success => Bytes::new(),
             Err(e) => {
-                return Err(Failure::Retryable {
-                    message: format!(
-                        "{method} {path}: HTTP {status}, reading body: {}",
-                        retry::transport_message(&e.without_url())
-                    ),
-                    retry_after: None,
-                    throttled: false,
+                let message = format!(
+                    "HTTP {status}, reading the answer: {}",
+                    retry::transport_message(&e.without_url())
+                );
+                return Err(AttemptFailure {
+                    verdict: classify::classify_status(status, &Value::Null, retry_after, idem),
+                    message,
+                    status,
+                    body: Value::Null,
                 });
             }
         };
-        if (200..300).contains(&status) {
+        if success {
             // SFMC echoes every row of a rowset back; nothing reads that echo, and parsing
             // it was 17% of a run's instructions (callgrind). Large rowset answers are
             // read (so the connection is reused) but not parsed; every other answer (the
@@ -547,43 +890,37 @@ impl SfmcClient {
             return Ok(SfmcResponse { status, body });
         }
         let body = parse_body(&bytes);
-        let message = error_message(status, &body);
-        if status == 401 {
-            return Err(Failure::Unauthorized(
-                token,
-                format!("{method} {path}: HTTP 401: {message}"),
-            ));
-        }
-        if retry::is_retryable_status(status, &body) {
-            let throttled = status == 429;
-            let retry_after = retry_after.or_else(|| {
-                if throttled {
-                    retry::body_retry_after(&body)
-                } else {
-                    None
-                }
-            });
-            let code = retry::errorcode(&body)
-                .map(|c| format!(" errorcode {c}"))
-                .unwrap_or_default();
-            return Err(Failure::Retryable {
-                message: format!("{method} {path}: HTTP {status}{code}: {message}"),
-                retry_after,
-                throttled,
-            });
-        }
-        Err(Failure::Permanent(SendError::Permanent {
+        Err(AttemptFailure {
+            verdict: classify::classify_status(status, &body, retry_after, idem),
+            message: error_message(status, &body),
             status,
-            errorcode: retry::errorcode(&body),
-            message,
             body,
-            attempts: attempt,
-        }))
+        })
     }
 }
 
-/// Rowset answers up to this size are parsed into [`SfmcResponse::body`] (larger ones are
-/// an echo nothing reads); other answers are always parsed.
+fn permanent(f: AttemptFailure, attempts: u32) -> SendError {
+    SendError::Permanent {
+        status: f.status,
+        errorcode: retry::errorcode(&f.body),
+        message: f.message,
+        body: f.body,
+        attempts,
+    }
+}
+
+/// `POST /path: HTTP 503 errorcode 0: message` (or the transport error), one line.
+fn failure_line(method: &Method, path: &str, f: &AttemptFailure) -> String {
+    if f.status == 0 {
+        return format!("{method} {path}: {}", f.message);
+    }
+    let code = retry::errorcode(&f.body)
+        .map(|c| format!(" errorcode {c}"))
+        .unwrap_or_default();
+    format!("{method} {path}: HTTP {}{code}: {}", f.status, f.message)
+}
+
+/// Success bodies up to this size are parsed into [`SfmcResponse::body`].
 pub const MAX_PARSED_SUCCESS_BODY: usize = 8 * 1024;
 
 fn parse_body(bytes: &[u8]) -> Value {

@@ -1,9 +1,10 @@
 //! The dead-letter file: one NDJSON line per event that could not be delivered.
 //!
 //! Each line holds the original event (or the raw line when it was not JSON), the rule-set
-//! version, the reason, and for delivery failures the SFMC call that failed with SFMC's
-//! status, errorcode and message and the attempt count. `sfmc-relay replay` reads the
-//! `event` field back. Lines are flushed as they are written: a dead letter is data.
+//! version, the [`Outcome`], the reason, and for delivery failures the SFMC call that failed
+//! with SFMC's status, errorcode and message and the attempt count. `sfmc-relay replay`
+//! reads the `event` field back. Lines are flushed as they are written: a dead letter is
+//! data.
 
 use crate::source::{Origin, OriginFields};
 use serde::Serialize;
@@ -13,9 +14,46 @@ use std::io::{BufWriter, Write};
 use std::path::{Path, PathBuf};
 use std::sync::Mutex;
 
+/// How an event ended up in the dead-letter file (its record's `outcome`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Outcome {
+    /// A rule or the input rejected it: nothing was sent.
+    Rejected,
+    /// SFMC refused its content (a data failure, with SFMC's message).
+    Failed,
+    /// A Journey event SFMC may have processed (timeout, connection lost, 5xx): it was not
+    /// sent again. Check before replaying it (`replay --uncertain`).
+    Uncertain,
+    /// Not delivered because the relay gave up waiting for SFMC (or stopped): SFMC did not
+    /// accept it; `replay` sends it.
+    Undelivered,
+}
+
+impl Outcome {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Outcome::Rejected => "rejected",
+            Outcome::Failed => "failed",
+            Outcome::Uncertain => "uncertain",
+            Outcome::Undelivered => "undelivered",
+        }
+    }
+}
+
+/// What the reason of an uncertain record adds: how to check, and how to send it anyway.
+pub const UNCERTAIN_ADVICE: &str = "SFMC may have processed this Journey event, so it was not \
+sent again (a second send can enter the contact twice). Check first: for batch events \
+`GET /interaction/v1/async/events/status?requestId=…&type=processed`, otherwise the \
+contact's journey history in Journey Builder; `sfmc-relay replay --uncertain` sends it \
+deliberately.";
+
 /// Why an event failed.
 #[derive(Debug, Clone, Serialize, PartialEq)]
 pub struct Failure {
+    /// Written as the record's `outcome` (not inside the flattened failure).
+    #[serde(skip)]
+    pub outcome: Outcome,
     pub reason: String,
     /// The SFMC call that failed (`{"method","path","body"}`), for delivery failures.
     #[serde(skip_serializing_if = "Option::is_none")]
@@ -32,11 +70,60 @@ impl Failure {
     /// A rule (or the input) rejected the event: nothing was sent.
     pub fn rejected(reason: impl Into<String>) -> Self {
         Failure {
+            outcome: Outcome::Rejected,
             reason: reason.into(),
             call: None,
             status: None,
             errorcode: None,
             attempts: None,
+        }
+    }
+
+    /// SFMC refused the content of `call`.
+    pub fn failed(
+        reason: impl Into<String>,
+        call: Value,
+        status: Option<u16>,
+        errorcode: Option<i64>,
+        attempts: Option<u32>,
+    ) -> Self {
+        Failure {
+            outcome: Outcome::Failed,
+            reason: reason.into(),
+            call: Some(call),
+            status,
+            errorcode,
+            attempts,
+        }
+    }
+
+    /// `call` (a Journey event) may have been processed; the reason gets
+    /// [`UNCERTAIN_ADVICE`].
+    pub fn uncertain(reason: impl Into<String>, call: Value, attempts: Option<u32>) -> Self {
+        Failure {
+            outcome: Outcome::Uncertain,
+            reason: format!("{}. {UNCERTAIN_ADVICE}", reason.into()),
+            call: Some(call),
+            status: None,
+            errorcode: None,
+            attempts,
+        }
+    }
+
+    /// The event was not delivered because the relay gave up waiting for SFMC or stopped.
+    /// `call` is the SFMC call that was waiting, when there was one.
+    pub fn undelivered(
+        reason: impl Into<String>,
+        call: Option<Value>,
+        attempts: Option<u32>,
+    ) -> Self {
+        Failure {
+            outcome: Outcome::Undelivered,
+            reason: reason.into(),
+            call,
+            status: None,
+            errorcode: None,
+            attempts,
         }
     }
 }
@@ -104,11 +191,7 @@ impl DeadLetters {
             time: chrono::Utc::now().to_rfc3339_opts(chrono::SecondsFormat::Millis, true),
             rules_version,
             origin: origin.fields(),
-            outcome: if failure.call.is_some() {
-                "failed"
-            } else {
-                "rejected"
-            },
+            outcome: failure.outcome.as_str(),
             failure,
             event,
         };
@@ -137,5 +220,62 @@ impl DeadLetters {
             tee(event, &line[..line.len() - 1]);
         }
         Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use serde_json::json;
+
+    #[test]
+    fn records_carry_their_outcome() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("dead.ndjson");
+        let dl = DeadLetters::new(&path);
+        let call = json!({"method": "POST", "path": "/interaction/v1/events", "body": {}});
+        let ev = json!({"type": "track"});
+        for f in [
+            Failure::rejected("rule"),
+            Failure::failed("bad email", call.clone(), Some(400), Some(10006), Some(1)),
+            Failure::uncertain(
+                "POST /interaction/v1/events: HTTP 503",
+                call.clone(),
+                Some(1),
+            ),
+            Failure::undelivered("the relay stopped", Some(call.clone()), Some(0)),
+            Failure::undelivered("the relay stopped", None, None),
+        ] {
+            dl.write(&Origin::Line(1), "r1", &ev, &f).unwrap();
+        }
+        let lines: Vec<Value> = std::fs::read_to_string(&path)
+            .unwrap()
+            .lines()
+            .map(|l| serde_json::from_str(l).unwrap())
+            .collect();
+        let outcomes: Vec<&str> = lines
+            .iter()
+            .map(|l| l["outcome"].as_str().unwrap())
+            .collect();
+        assert_eq!(
+            outcomes,
+            [
+                "rejected",
+                "failed",
+                "uncertain",
+                "undelivered",
+                "undelivered"
+            ]
+        );
+        let uncertain = lines[2]["reason"].as_str().unwrap();
+        assert!(uncertain.starts_with("POST /interaction/v1/events: HTTP 503. SFMC may have"));
+        assert!(
+            uncertain.contains("/interaction/v1/async/events/status"),
+            "{uncertain}"
+        );
+        assert!(uncertain.contains("replay --uncertain"), "{uncertain}");
+        assert_eq!(lines[1]["status"], 400);
+        assert!(lines[4].get("call").is_none());
+        assert_eq!(dl.written(), 5);
     }
 }

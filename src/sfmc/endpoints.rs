@@ -176,6 +176,30 @@ impl Endpoints {
         Endpoints::resolve(sub.as_deref(), auth.as_deref(), rest.as_deref())
     }
 
+    /// The start-up warning for the legacy v1 endpoints (no subdomain set), `None` for v2.
+    /// `several_relays`: other relays may use the same client id (`consume`), which on v1
+    /// knock each other's tokens out.
+    pub fn legacy_v1_warning(&self, several_relays: bool) -> Option<String> {
+        if self.version != AuthVersion::V1 {
+            return None;
+        }
+        let mut w = String::from(
+            "no SFMC subdomain is set (SFMC_SUBDOMAIN or sfmc.subdomain): using the legacy v1 \
+endpoints. Salesforce requires tenant-specific endpoints: legacy packages cannot be created \
+since 2019, Hyperforce tenants have no v1 endpoints, and a v1 token request from another \
+process with the same client id invalidates this relay's token (it then refreshes its token, \
+which invalidates the other's). Set the subdomain (mc followed by 26 characters, from the \
+installed package's authentication base URI) to use the v2 endpoints.",
+        );
+        if several_relays {
+            w.push_str(
+                " Several `consume` relays of one group share the client id: on v1 they will \
+keep invalidating each other's tokens (401s, extra token requests, possible 50200 blocks).",
+            );
+        }
+        Some(w)
+    }
+
     /// Full URL for a REST path (which must start with `/`).
     pub fn rest_url(&self, path: &str) -> String {
         format!("{}{}", self.rest_base, path)

@@ -1,4 +1,6 @@
-//! Retry policy: which failures are retryable and how long to wait before the next attempt.
+//! Retry policy: how long to wait before the next attempt, and reading SFMC's hints
+//! (`Retry-After`, `retryAfter`, `errorcode`). Which failures are retried is decided in
+//! [`super::classify`].
 
 use std::time::{Duration, SystemTime};
 
@@ -89,30 +91,6 @@ pub fn errorcode(body: &Value) -> Option<i64> {
     }
 }
 
-/// Whether an HTTP error response is worth retrying: 408, 429, 5xx, and a 400 with
-/// errorcode 10006 and no (or empty) `additionalErrors` (transient on SFMC's side).
-/// Everything else (other 4xx) is permanent. 401 is handled separately by the client.
-pub fn is_retryable_status(status: u16, body: &Value) -> bool {
-    match status {
-        408 | 429 | 500..=599 => true,
-        400 => {
-            errorcode(body) == Some(10006)
-                && match body.get("additionalErrors") {
-                    None | Some(Value::Null) => true,
-                    Some(Value::Array(a)) => a.is_empty(),
-                    Some(_) => false,
-                }
-        }
-        _ => false,
-    }
-}
-
-/// Whether a transport error is worth retrying (timeouts, connection and I/O errors).
-/// Only errors building the request (an invalid URL, ...) are permanent.
-pub fn is_retryable_transport(err: &reqwest::Error) -> bool {
-    !err.is_builder()
-}
-
 /// A transport error with its causes, on one line (`error sending request: connection refused`).
 pub fn transport_message(err: &reqwest::Error) -> String {
     let mut out = err.to_string();
@@ -131,7 +109,6 @@ pub fn transport_message(err: &reqwest::Error) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use serde_json::json;
 
     #[test]
     fn retry_after_forms() {
@@ -142,26 +119,6 @@ mod tests {
         let past = httpdate::fmt_http_date(now - Duration::from_secs(7));
         assert_eq!(parse_retry_after(&past, now), Some(Duration::ZERO));
         assert_eq!(parse_retry_after("soon", now), None);
-    }
-
-    #[test]
-    fn classification() {
-        let e = json!({});
-        for s in [408, 429, 500, 502, 503, 504] {
-            assert!(is_retryable_status(s, &e), "{s}");
-        }
-        for s in [400, 403, 404, 409, 422] {
-            assert!(!is_retryable_status(s, &e), "{s}");
-        }
-        assert!(is_retryable_status(400, &json!({"errorcode":10006})));
-        assert!(is_retryable_status(
-            400,
-            &json!({"errorcode":10006,"additionalErrors":[]})
-        ));
-        assert!(!is_retryable_status(
-            400,
-            &json!({"errorcode":10006,"additionalErrors":[{"message":"x"}]})
-        ));
     }
 
     #[test]

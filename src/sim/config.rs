@@ -43,6 +43,9 @@ pub struct SimConfig {
     pub establish: EstablishConfig,
     /// `POST /interaction/v1/async/events`.
     pub async_events: AsyncEventsConfig,
+    /// Outage windows (see [`crate::sim::OutageKind`]); `start` counts from the
+    /// simulator's start.
+    pub outages: Vec<super::faults::Outage>,
 }
 
 impl Default for SimConfig {
@@ -61,6 +64,7 @@ impl Default for SimConfig {
             async_rows: AsyncRowsConfig::default(),
             establish: EstablishConfig::default(),
             async_events: AsyncEventsConfig::default(),
+            outages: Vec::new(),
         }
     }
 }
@@ -135,6 +139,9 @@ impl SimConfig {
         }
         if self.async_events.max_members == 0 {
             bail!("async_events.max_members must be at least 1");
+        }
+        for o in &self.outages {
+            o.validate()?;
         }
         Ok(())
     }

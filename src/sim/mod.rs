@@ -7,7 +7,9 @@
 //! `docs/sfmc-api.md`): bearer tokens that expire, declared data extension schemas with
 //! typed columns and primary keys, the 5 MB body limit, the "a bad row poisons the rest of
 //! the batch" behaviour and SFMC's error bodies. Faults (429, 500, transient 10006, slow
-//! answers, dropped connections, a requests-per-second cap) are injected from a seeded RNG.
+//! answers, dropped connections, a requests-per-second cap) are injected from a seeded RNG;
+//! outage windows (rejected secrets, 50200 blocks, 5xx storms, dropped Journey answers,
+//! missing scopes, v1 tokens invalidating each other) last a while (`faults.rs`).
 //!
 //! Inspection endpoints under `/sim/` (no auth) and methods on [`SimHandle`] /
 //! [`SimState`] show what landed.
@@ -24,6 +26,7 @@
 
 mod bulk;
 mod config;
+mod faults;
 mod rows;
 mod server;
 mod state;
@@ -35,5 +38,6 @@ pub use config::{
     DataExtensionConfig, EstablishConfig, EventDefinitionConfig, Faults, SimConfig,
     UnknownDataExtensions,
 };
+pub use faults::{Outage, OutageKind};
 pub use server::{SimHandle, check_request_body, serve, start};
 pub use state::{EndpointStats, LogEntry, SimState, SimStats};

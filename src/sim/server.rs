@@ -26,8 +26,9 @@ use tokio::task::JoinHandle;
 
 use super::bulk;
 use super::config::{Faults, SimConfig};
+use super::faults::{Outage, RestOutage, TokenOutage, required_scope};
 use super::rows::{RowIn, ValIn};
-use super::state::{DeTarget, FaultDecision, LogEntry, SimState, SimStats};
+use super::state::{DeTarget, FaultDecision, LogEntry, SimState, SimStats, TokenCheck};
 use super::validate::{
     NO_EXISTING_FIELD, RowError, Scratch, guid_for, prepare_declared, prepare_undeclared,
 };
@@ -115,6 +116,16 @@ impl SimHandle {
     /// Replace the fault settings.
     pub fn set_faults(&self, faults: Faults) {
         self.state.set_faults(faults)
+    }
+
+    /// Start an outage window (its `start` counts from now). Errors on an invalid outage.
+    pub fn add_outage(&self, outage: Outage) -> anyhow::Result<()> {
+        self.state.add_outage(outage)
+    }
+
+    /// End every outage window.
+    pub fn clear_outages(&self) {
+        self.state.clear_outages()
     }
 
     /// Forget stored data and statistics.
@@ -358,6 +369,12 @@ fn router(state: Arc<SimState>) -> Router {
         .route("/sim/summary", get(sim_summary))
         .route("/sim/revoke-tokens", post(sim_revoke))
         .route("/sim/faults", post(sim_set_faults).get(sim_get_faults))
+        .route(
+            "/sim/outages",
+            post(sim_add_outage)
+                .get(sim_get_outages)
+                .delete(sim_clear_outages),
+        )
         .route("/sim/reset", post(sim_reset));
     api.merge(inspect)
         .fallback(not_found)
@@ -447,14 +464,25 @@ async fn gate(State(st): St, req: Request, next: Next) -> Response {
     let is_auth = path == "/v2/token" || path == "/v1/requestToken";
     if !is_auth {
         let de_call = path.starts_with("/hub/");
-        let decision = st.roll_faults(de_call);
+        let decision = match st.rest_outage(req.method(), path) {
+            RestOutage::Respond(resp, _) => {
+                st.record_call(&endpoint, resp.status().as_str());
+                return resp;
+            }
+            RestOutage::DropAfterHandling(_) => FaultDecision::Drop { after: true },
+            RestOutage::None => st.roll_faults(de_call),
+        };
+        let need = required_scope(req.method(), path);
         let early = match decision {
             FaultDecision::Drop { after } => {
                 let kill = req
                     .extensions()
                     .get::<ConnectInfo<ConnMeta>>()
                     .map(|ConnectInfo(meta)| meta.kill.clone());
-                if after && bearer(req.headers()).is_some_and(|t| st.token_valid(t)) {
+                if after
+                    && bearer(req.headers())
+                        .is_some_and(|t| st.check_token(t, need) == TokenCheck::Ok)
+                {
                     let _ = next.run(req).await;
                 }
                 if let Some(kill) = kill {
@@ -467,7 +495,9 @@ async fn gate(State(st): St, req: Request, next: Next) -> Response {
             _ => None,
         };
         let early = early.or_else(|| {
-            let ok = bearer(req.headers()).is_some_and(|t| st.token_valid(t));
+            // A token without the call's scope gets the same 401 as an expired one.
+            let ok =
+                bearer(req.headers()).is_some_and(|t| st.check_token(t, need) == TokenCheck::Ok);
             (!ok).then(not_authorized)
         });
         let early = early.or_else(|| match decision {
@@ -599,17 +629,22 @@ async fn token_v2(State(st): St, headers: HeaderMap, body: Bytes) -> Response {
     }
     let id = field_str(&fields, "client_id").unwrap_or_default();
     let secret = field_str(&fields, "client_secret").unwrap_or_default();
-    if !st.credentials_ok(&id, &secret) {
+    let accepted = match st.token_outage(&secret, true) {
+        TokenOutage::Respond(resp, _) => return resp,
+        TokenOutage::Accept => !id.is_empty(),
+        TokenOutage::None => false,
+    };
+    if !accepted && !st.credentials_ok(&id, &secret) {
         return oauth_error(
             StatusCode::UNAUTHORIZED,
             "invalid_client",
             "Client authentication failed. Make sure that the client ID and client secret are correct.",
         );
     }
-    let scope = field_str(&fields, "scope").unwrap_or_else(|| {
-        "data_extensions_read data_extensions_write journeys_execute list_and_subscribers_read list_and_subscribers_write".to_string()
-    });
-    let token = st.issue_token();
+    let requested = field_str(&fields, "scope")
+        .map(|s| s.split_whitespace().map(str::to_string).collect::<Vec<_>>());
+    let token = st.issue_token_for(requested, None);
+    let scope = st.token_scopes(&token);
     let base = st.base_url();
     json_response(
         StatusCode::OK,
@@ -638,10 +673,15 @@ async fn token_v1(State(st): St, body: Bytes) -> Response {
     };
     let id = field_str(&fields, "clientId").unwrap_or_default();
     let secret = field_str(&fields, "clientSecret").unwrap_or_default();
-    if !st.credentials_ok(&id, &secret) {
+    let accepted = match st.token_outage(&secret, false) {
+        TokenOutage::Respond(resp, _) => return resp,
+        TokenOutage::Accept => !id.is_empty(),
+        TokenOutage::None => false,
+    };
+    if !accepted && !st.credentials_ok(&id, &secret) {
         return sfmc_error(StatusCode::UNAUTHORIZED, "Unauthorized", 1);
     }
-    let token = st.issue_token();
+    let token = st.issue_token_for(None, Some(&id));
     json_response(
         StatusCode::OK,
         json!({"accessToken": token, "expiresIn": st.config().token_lifetime}),
@@ -1005,6 +1045,44 @@ async fn sim_set_faults(State(st): St, body: Bytes) -> Response {
     }
     st.set_faults(faults.clone());
     (StatusCode::OK, Json(faults)).into_response()
+}
+
+async fn sim_get_outages(State(st): St) -> Response {
+    json_response(StatusCode::OK, Value::Array(st.outages()))
+}
+
+/// Body: one outage or a list of them; each starts `start` seconds from now.
+async fn sim_add_outage(State(st): St, body: Bytes) -> Response {
+    let invalid = |e: String| {
+        sfmc_error(
+            StatusCode::BAD_REQUEST,
+            format!("Invalid outage: {e}"),
+            10000,
+        )
+    };
+    let outages: Vec<Outage> = match serde_json::from_slice::<Value>(&body) {
+        Ok(v @ Value::Array(_)) => match serde_json::from_value(v) {
+            Ok(list) => list,
+            Err(e) => return invalid(e.to_string()),
+        },
+        Ok(v) => match serde_json::from_value(v) {
+            Ok(one) => vec![one],
+            Err(e) => return invalid(e.to_string()),
+        },
+        Err(e) => return invalid(e.to_string()),
+    };
+    if let Some(e) = outages.iter().find_map(|o| o.validate().err()) {
+        return invalid(e.to_string());
+    }
+    for o in outages {
+        st.outages_add_validated(o);
+    }
+    json_response(StatusCode::OK, Value::Array(st.outages()))
+}
+
+async fn sim_clear_outages(State(st): St) -> Response {
+    st.clear_outages();
+    json_response(StatusCode::OK, json!({"cleared": true}))
 }
 
 async fn sim_reset(State(st): St) -> Response {

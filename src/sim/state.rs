@@ -12,6 +12,7 @@ use serde_json::{Map, Value, json};
 
 use super::bulk::{BulkState, BulkStats};
 use super::config::{Faults, SimConfig, UnknownDataExtensions};
+use super::faults::{ALL_SCOPES, Outage, Outages, RestOutage, TokenOutage};
 use super::rows::{
     Cols, NO_SLOT, StoredCols, Val, ValIn, clear_slots, cols_to_map, merge_cols, put_col,
 };
@@ -44,7 +45,10 @@ pub struct SimStats {
     pub rows_rejected: u64,
     pub contacts_upserted: u64,
     pub api_events: u64,
-    /// Fault kind (`drop`, `429`, `max_rps`, `500`, `bare_10006`, `slow`) -> count.
+    /// Fault kind (`drop`, `429`, `max_rps`, `500`, `bare_10006`, `slow`, and the outage
+    /// kinds of [`crate::sim::OutageKind`]: `reject_secret`, `token_blocked`,
+    /// `rest_blocked`, `server_errors`, `drop_journey_answers`, `deny_scope` (calls refused
+    /// for the scope), `v1_single_token` (tokens invalidated)) -> count.
     pub faults_injected: BTreeMap<String, u64>,
     /// Upserts not recorded in the log because `log_limit` was reached.
     pub log_dropped: u64,
@@ -245,6 +249,27 @@ impl FaultState {
     }
 }
 
+/// An issued access token.
+#[derive(Debug)]
+struct TokenInfo {
+    expiry: Instant,
+    issued: Instant,
+    /// Granted scopes; `None` = all.
+    scopes: Option<Vec<String>>,
+    /// The client id of a v1 token (v1 tokens of one client id can invalidate each other).
+    v1_client: Option<String>,
+}
+
+/// Whether a bearer token may make a call.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum TokenCheck {
+    Ok,
+    /// Unknown, expired or revoked.
+    Invalid,
+    /// Valid, but without the scope the call needs.
+    MissingScope,
+}
+
 /// Resolution of a data extension reference in a URL.
 pub(crate) enum DeTarget {
     Declared(Arc<DeSchema>),
@@ -257,8 +282,9 @@ pub struct SimState {
     base_url: String,
     schemas: HashMap<String, Arc<DeSchema>>,
     schemas_by_guid: HashMap<String, Arc<DeSchema>>,
-    tokens: Mutex<HashMap<String, Instant>>,
+    tokens: Mutex<HashMap<String, TokenInfo>>,
     faults: Mutex<FaultState>,
+    outages: Outages,
     data: Mutex<Data>,
     stats: Mutex<SimStats>,
     ids: Mutex<fastrand::Rng>,
@@ -286,6 +312,7 @@ impl SimState {
         SimState {
             bulk: BulkState::new(&config),
             faults: Mutex::new(FaultState::new(config.faults.clone())),
+            outages: Outages::new(&config.outages, Instant::now()),
             config,
             base_url,
             schemas,
@@ -322,41 +349,171 @@ impl SimState {
                 .any(|c| c.client_id == id && c.client_secret == secret)
     }
 
-    /// Issue a new access token (as the token endpoints do) and count it.
+    /// Issue a new access token with every scope and count it.
     pub fn issue_token(&self) -> String {
+        self.issue_token_for(None, None)
+    }
+
+    /// Issue a token: `scopes` requested (`None` = all), `v1_client` for a v1 token. Scopes
+    /// a `deny_scope` window takes away are left out. Returns the token; its granted scopes
+    /// are [`SimState::token_scopes`].
+    pub(crate) fn issue_token_for(
+        &self,
+        scopes: Option<Vec<String>>,
+        v1_client: Option<&str>,
+    ) -> String {
         let token: String = {
             let mut rng = lock(&self.ids);
             (0..48).map(|_| rng.alphanumeric()).collect()
         };
-        let expiry = Instant::now() + Duration::from_secs(self.config.token_lifetime);
+        let now = Instant::now();
+        let expiry = now + Duration::from_secs(self.config.token_lifetime);
+        let denied = self.outages.denied_scopes();
+        let scopes = if denied.is_empty() {
+            scopes
+        } else {
+            let all = scopes.unwrap_or_else(|| ALL_SCOPES.iter().map(|s| s.to_string()).collect());
+            Some(all.into_iter().filter(|s| !denied.contains(s)).collect())
+        };
+        let mut invalidated = 0u64;
         {
             let mut tokens = lock(&self.tokens);
             if tokens.len() > 10_000 {
-                let now = Instant::now();
-                tokens.retain(|_, exp| *exp > now);
+                tokens.retain(|_, t| t.expiry > now);
             }
-            tokens.insert(token.clone(), expiry);
+            if let Some(client) = v1_client {
+                let others = tokens
+                    .values()
+                    .filter(|t| t.v1_client.as_deref() == Some(client))
+                    .count() as u64;
+                if others > 0 && self.outages.v1_single_token(others) {
+                    tokens.retain(|_, t| t.v1_client.as_deref() != Some(client));
+                    invalidated = others;
+                }
+            }
+            tokens.insert(
+                token.clone(),
+                TokenInfo {
+                    expiry,
+                    issued: now,
+                    scopes,
+                    v1_client: v1_client.map(str::to_string),
+                },
+            );
         }
-        lock(&self.stats).tokens_issued += 1;
+        let mut stats = lock(&self.stats);
+        stats.tokens_issued += 1;
+        if invalidated > 0 {
+            *stats
+                .faults_injected
+                .entry("v1_single_token".into())
+                .or_default() += invalidated;
+        }
         token
     }
 
-    /// Whether `token` is known and unexpired.
+    /// The scopes granted to `token`, space separated (all of them unless restricted).
+    pub(crate) fn token_scopes(&self, token: &str) -> String {
+        match lock(&self.tokens).get(token).and_then(|t| t.scopes.clone()) {
+            Some(s) => s.join(" "),
+            None => ALL_SCOPES.join(" "),
+        }
+    }
+
+    /// Whether `token` is known, unexpired and not revoked.
     pub fn token_valid(&self, token: &str) -> bool {
+        self.check_token(token, None) == TokenCheck::Ok
+    }
+
+    /// Whether `token` may make a call that needs scope `need` (see
+    /// `faults::required_scope`): valid, and granted that scope.
+    pub(crate) fn check_token(&self, token: &str, need: Option<&'static str>) -> TokenCheck {
         let mut tokens = lock(&self.tokens);
-        match tokens.get(token) {
-            Some(exp) if *exp > Instant::now() => true,
-            Some(_) => {
-                tokens.remove(token);
-                false
+        let Some(t) = tokens.get(token) else {
+            return TokenCheck::Invalid;
+        };
+        if t.expiry <= Instant::now() {
+            tokens.remove(token);
+            return TokenCheck::Invalid;
+        }
+        if self.outages.revoked(t.issued) {
+            tokens.remove(token);
+            return TokenCheck::Invalid;
+        }
+        let missing = match (need, &t.scopes) {
+            (Some(need), Some(granted)) if !granted.iter().any(|g| g == need) => Some(need),
+            _ => None,
+        };
+        drop(tokens);
+        match missing {
+            Some(scope) => {
+                self.outages.count_denied(scope);
+                *lock(&self.stats)
+                    .faults_injected
+                    .entry("deny_scope".into())
+                    .or_default() += 1;
+                TokenCheck::MissingScope
             }
-            None => false,
+            None => TokenCheck::Ok,
         }
     }
 
     /// Invalidate every issued token (clients must authenticate again).
     pub fn revoke_tokens(&self) {
         lock(&self.tokens).clear();
+    }
+
+    // ----- outages ------------------------------------------------------------------
+
+    /// Add an outage window (its `start` counts from now).
+    pub fn add_outage(&self, outage: Outage) -> anyhow::Result<()> {
+        outage.validate()?;
+        self.outages.add(outage);
+        Ok(())
+    }
+
+    pub(crate) fn outages_add_validated(&self, outage: Outage) {
+        self.outages.add(outage);
+    }
+
+    /// End every outage window (configured ones included). Tokens they revoked stay revoked.
+    pub fn clear_outages(&self) {
+        let mut tokens = lock(&self.tokens);
+        tokens.retain(|_, t| !self.outages.revoked(t.issued));
+        self.outages.clear();
+    }
+
+    /// The outage windows with their state and hit counts.
+    pub fn outages(&self) -> Vec<Value> {
+        self.outages.list()
+    }
+
+    fn count_fault(&self, kind: &str) {
+        *lock(&self.stats)
+            .faults_injected
+            .entry(kind.to_string())
+            .or_default() += 1;
+    }
+
+    /// What the token endpoint does for a request with `secret` (counted).
+    pub(crate) fn token_outage(&self, secret: &str, v2: bool) -> TokenOutage {
+        let t = self.outages.token(secret, v2);
+        if let TokenOutage::Respond(_, kind) = &t {
+            self.count_fault(kind);
+        }
+        t
+    }
+
+    /// What a REST call meets (counted).
+    pub(crate) fn rest_outage(&self, method: &axum::http::Method, path: &str) -> RestOutage {
+        let r = self.outages.rest(method, path);
+        match &r {
+            RestOutage::Respond(_, kind) | RestOutage::DropAfterHandling(kind) => {
+                self.count_fault(kind)
+            }
+            RestOutage::None => {}
+        }
+        r
     }
 
     // ----- faults -------------------------------------------------------------------

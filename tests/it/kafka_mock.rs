@@ -338,6 +338,14 @@ async fn a_killed_relay_process_s_partitions_are_taken_over_without_loss() {
     let dir = tempfile::tempdir().unwrap();
     let sim = start_sim("").await;
     let rules = rules_dir(&Settings::default());
+    // One journey entry per call (at 40 calls/s), so b is killed with work left.
+    let settings = rules.path().join("settings.yaml");
+    let text = std::fs::read_to_string(&settings).unwrap();
+    std::fs::write(
+        &settings,
+        text.replace("delivery:\n", "delivery:\n  journey_batch: 1\n"),
+    )
+    .unwrap();
     let spawn = |name: &str| {
         ConsumeProcess {
             brokers: &mock.servers,

@@ -24,6 +24,7 @@ mod kafka;
 #[cfg(feature = "kafka")]
 mod kafka_mock;
 mod live_rules;
+mod outage;
 mod properties;
 mod rules_errors;
 mod security;

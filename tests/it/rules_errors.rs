@@ -201,6 +201,33 @@ fn bad_duration() {
 }
 
 #[test]
+fn give_up_after_is_a_duration_or_never() {
+    assert_eq!(
+        one_error(&[("settings.yaml", "delivery:\n  give_up_after: soon\n")]),
+        "settings.yaml:2:18: error: expected a duration like 30m or 4h, or `never`, found \"soon\""
+    );
+    let delivery = |text: &str| {
+        compile_sources(&sources(&[("settings.yaml", text)]), &env(), 1)
+            .unwrap()
+            .program
+            .settings
+            .delivery
+    };
+    let hour = std::time::Duration::from_secs(3600);
+    assert_eq!(delivery("delivery: {}\n").give_up_after, Some(4 * hour));
+    assert_eq!(
+        delivery("delivery:\n  give_up_after: 30m\n").give_up_after,
+        Some(hour / 2)
+    );
+    assert_eq!(
+        delivery("delivery:\n  give_up_after: never\n").give_up_after,
+        None
+    );
+    let d = delivery("delivery:\n  retry:\n    blocked_pause: 5m\n");
+    assert_eq!(d.retry_blocked_pause, 5 * hour / 60);
+}
+
+#[test]
 fn out_of_range_number() {
     assert_eq!(
         one_error(&[("settings.yaml", "delivery:\n  batch_rows: 20000\n")]),

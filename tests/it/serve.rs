@@ -235,7 +235,8 @@ async fn crash_mid_delivery_loses_nothing_and_repeats_no_api_event() {
     const SIGNUPS: usize = 40;
     let sim = simulator().await;
     let tmp = tempfile::tempdir().unwrap();
-    let rules = rules(tmp.path(), "");
+    // One journey entry per call, so the kill can come between two of them.
+    let rules = rules(tmp.path(), "  journey_batch: 1\n");
     let spool = tmp.path().join("spool");
     // 8 SFMC calls per second: every Signed Up is one call, so delivery takes seconds.
     let mut relay = Relay::start(&spool, &rules, &sim, &["--requests-per-second", "8"]);

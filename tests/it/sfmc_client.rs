@@ -14,8 +14,8 @@ use axum::response::{IntoResponse, Response};
 use axum::routing::post;
 use serde_json::{Value, json};
 use sfmc_relay::sfmc::{
-    AuthVersion, ClientConfig, ConfigError, Credentials, Endpoints, RetryPolicy, Secret, SendError,
-    SfmcClient,
+    AuthVersion, BreakerConfig, BreakerState, ClientConfig, ConfigError, Credentials, Endpoints,
+    RetryPolicy, Secret, SendError, SfmcClient,
 };
 use tokio::time::Instant;
 
@@ -208,6 +208,25 @@ fn fast_config() -> ClientConfig {
             base_delay: Duration::from_millis(5),
             max_delay: Duration::from_millis(20),
         },
+        breaker: BreakerConfig {
+            open_after: 5,
+            probe_base: Duration::from_millis(20),
+            probe_max: Duration::from_millis(100),
+            blocked_pause: Duration::from_millis(200),
+        },
+        ..ClientConfig::default()
+    }
+}
+
+/// Wait (at most 5 s) until `cond` holds.
+async fn until(what: &str, cond: impl Fn() -> bool) {
+    let t0 = Instant::now();
+    while !cond() {
+        assert!(
+            t0.elapsed() < Duration::from_secs(5),
+            "timed out waiting for {what}"
+        );
+        tokio::time::sleep(Duration::from_millis(2)).await;
     }
 }
 
@@ -424,7 +443,9 @@ async fn token_refreshed_on_401() {
 }
 
 #[tokio::test]
-async fn persistent_401_is_auth_error() {
+async fn persistent_401_holds_the_endpoint_back_as_a_missing_permission() {
+    // Was `persistent_401_is_auth_error` (a 401 on a fresh token was returned to the caller,
+    // who dead-lettered the rows): a missing permission is an infrastructure failure now.
     let (m, base) = start_mock().await;
     let c = client_v2(&base, fast_config());
     // Every REST call is rejected: tokens are revoked as soon as they are issued.
@@ -436,34 +457,83 @@ async fn persistent_401_is_auth_error() {
         }
     });
     *m.rest_delay.lock().unwrap() = Duration::from_millis(5);
-    let err = c.send(Method::POST, ROWSET, rows()).await.unwrap_err();
+    let c2 = c.clone();
+    let send = tokio::spawn(async move { c2.send(Method::POST, ROWSET, rows()).await });
+    until("the permission circuit", || {
+        !c.health().missing_permissions.is_empty()
+    })
+    .await;
+    // Refreshed once, then the second 401 on the fresh token named the permission.
+    assert!(m.token_requests.load(Ordering::SeqCst) >= 2);
+    let h = c.health();
+    assert_eq!(h.state, BreakerState::Open);
+    let reason = h.reason.clone().unwrap();
+    assert!(reason.contains(ROWSET), "{reason}");
+    assert!(reason.contains("data_extensions_write"), "{reason}");
+    assert_eq!(h.missing_permissions[0].0, "rowset");
+    // Each probe takes a new token: a few token requests, not one per 401.
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    assert!(!send.is_finished());
+    assert!(
+        m.token_requests.load(Ordering::SeqCst) <= 9,
+        "{}",
+        m.token_requests.load(Ordering::SeqCst)
+    );
+    c.give_up();
+    let err = send.await.unwrap().unwrap_err();
     revoker.abort();
-    assert!(matches!(err, SendError::Auth(_)), "{err}");
-    assert_eq!(m.token_requests.load(Ordering::SeqCst), 2);
-    assert!(!format!("{err} {err:?}").contains("tok-"), "{err:?}");
+    assert!(matches!(err, SendError::Undelivered { .. }), "{err}");
+    assert!(err.to_string().contains("data_extensions_write"), "{err}");
+    assert!(
+        !format!("{err} {err:?} {reason}").contains("tok-"),
+        "{err:?}"
+    );
+    assert_eq!(c.stats().undelivered, 1);
 }
 
 #[tokio::test]
-async fn invalid_client_is_permanent_and_redacted() {
+async fn invalid_client_waits_with_backoff_and_is_redacted() {
+    // Was `invalid_client_is_permanent_and_redacted`: rejected credentials are an outage
+    // now (secrets expire and are rotated), not a reason to dead-letter the traffic.
     let (m, base) = start_mock().await;
-    m.token_script.lock().unwrap().push_back(resp(
-        401,
-        json!({"error":"invalid_client",
-               "error_description": format!("Client authentication failed. (got {SECRET})"),
-               "error_uri":"https://developer.salesforce.com/docs"}),
-    ));
-    let c = client_v2(&base, fast_config());
-    let err = c.send(Method::POST, ROWSET, rows()).await.unwrap_err();
-    let SendError::Auth(msg) = &err else {
-        panic!("expected Auth, got {err:?}")
-    };
-    assert!(msg.contains("invalid_client"), "{msg}");
-    assert!(msg.contains("Client authentication failed"), "{msg}");
-    for text in [err.to_string(), format!("{err:?}")] {
-        assert!(!text.contains(SECRET), "{text}");
+    for _ in 0..3 {
+        m.token_script.lock().unwrap().push_back(resp(
+            401,
+            json!({"error":"invalid_client",
+                   "error_description": format!("Client authentication failed. (got {SECRET})"),
+                   "error_uri":"https://developer.salesforce.com/docs"}),
+        ));
     }
-    assert_eq!(m.token_requests.load(Ordering::SeqCst), 1);
-    assert!(m.rest_hits.lock().unwrap().is_empty());
+    let c = client_v2(&base, fast_config());
+    let t0 = Instant::now();
+    let c2 = c.clone();
+    let send = tokio::spawn(async move { c2.send(Method::POST, ROWSET, rows()).await });
+    until("the breaker to open", || {
+        c.health().state != BreakerState::Closed
+    })
+    .await;
+    let reason = c.health().reason.unwrap();
+    assert!(reason.contains("invalid_client"), "{reason}");
+    assert!(reason.contains("Client authentication failed"), "{reason}");
+    assert!(!reason.contains(SECRET), "{reason}");
+    let r = send
+        .await
+        .unwrap()
+        .expect("delivered once the credentials work");
+    assert_eq!(r.status, 200);
+    // Three rejections, each followed by a longer wait (10-20, 20-40, 40-80 ms).
+    assert!(
+        t0.elapsed() >= Duration::from_millis(70),
+        "{:?}",
+        t0.elapsed()
+    );
+    assert_eq!(m.token_requests.load(Ordering::SeqCst), 4);
+    assert_eq!(m.rest_hits.lock().unwrap().len(), 1);
+    let stats = c.stats();
+    assert_eq!(stats.infrastructure["credentials_rejected"], 3);
+    assert_eq!(stats.failures["infrastructure"], 3);
+    assert_eq!(stats.breaker_opens, 1);
+    assert_eq!(c.health().state, BreakerState::Closed);
 }
 
 #[tokio::test]
@@ -569,6 +639,36 @@ async fn bare_10006_is_retried() {
 }
 
 #[tokio::test]
+async fn a_bare_10006_that_persists_is_a_data_failure() {
+    let (m, base) = start_mock().await;
+    for _ in 0..5 {
+        m.push(
+            ROWSET,
+            resp(
+                400,
+                json!({"message":"Unable to save rows for data extension ID 1","errorcode":10006,"documentation":""}),
+            ),
+        );
+    }
+    let c = client_v2(&base, fast_config());
+    let err = c.send(Method::POST, ROWSET, rows()).await.unwrap_err();
+    match &err {
+        SendError::Permanent {
+            status: 400,
+            errorcode: Some(10006),
+            attempts: 3,
+            message,
+            ..
+        } => assert!(message.contains("Unable to save rows"), "{message}"),
+        other => panic!("expected a data failure after 3 attempts, got {other:?}"),
+    }
+    assert_eq!(m.hits(ROWSET).len(), 3);
+    assert_eq!(c.stats().failures["data"], 1);
+    // Not an outage: the breaker stays closed.
+    assert_eq!(c.health().state, BreakerState::Closed);
+}
+
+#[tokio::test]
 async fn rejected_rows_are_permanent() {
     let (m, base) = start_mock().await;
     m.push(ROWSET, resp(400, json!({
@@ -634,7 +734,9 @@ async fn rejected_rows_are_permanent() {
 }
 
 #[tokio::test]
-async fn attempts_exhausted() {
+async fn an_outage_longer_than_the_retry_budget_is_waited_out() {
+    // Was `attempts_exhausted` (Exhausted after 3 attempts, then dead-lettered): 5xx on an
+    // idempotent call is an infrastructure failure, waited out behind the breaker.
     let (m, base) = start_mock().await;
     for _ in 0..10 {
         m.push(
@@ -648,28 +750,19 @@ async fn attempts_exhausted() {
     let mut config = fast_config();
     config.retry.max_attempts = 3;
     let c = client_v2(&base, config);
-    let err = c.send(Method::POST, ROWSET, rows()).await.unwrap_err();
-    match &err {
-        SendError::Exhausted {
-            last_error,
-            attempts,
-            ..
-        } => {
-            assert_eq!(*attempts, 3);
-            assert!(last_error.contains("503"), "{last_error}");
-            assert!(last_error.contains("Service Unavailable"), "{last_error}");
-        }
-        other => panic!("expected Exhausted, got {other:?}"),
-    }
-    assert_eq!(m.hits(ROWSET).len(), 3);
-    assert!(
-        err.to_string()
-            .starts_with("SFMC request failed after 3 attempt(s)")
-    );
+    let r = c.send(Method::POST, ROWSET, rows()).await.unwrap();
+    assert_eq!(r.status, 200);
+    assert_eq!(m.hits(ROWSET).len(), 11);
+    let stats = c.stats();
+    assert!(stats.breaker_opens >= 1, "{stats:?}");
+    assert_eq!(stats.infrastructure["server_error"], 10);
+    assert_eq!(stats.statuses[&503], 10);
 }
 
 #[tokio::test]
-async fn elapsed_budget_exhausted_by_long_retry_after() {
+async fn a_long_retry_after_holds_the_client_until_it_gives_up() {
+    // Was `elapsed_budget_exhausted_by_long_retry_after` (Exhausted at once): a 429 holds
+    // the whole client for its Retry-After; giving up returns Undelivered promptly.
     let (m, base) = start_mock().await;
     m.push(
         ROWSET,
@@ -682,17 +775,47 @@ async fn elapsed_budget_exhausted_by_long_retry_after() {
     let mut config = fast_config();
     config.retry.max_elapsed = Duration::from_secs(2);
     let c = client_v2(&base, config);
+    let c2 = c.clone();
+    let send = tokio::spawn(async move { c2.send(Method::POST, ROWSET, rows()).await });
+    until("the breaker to open", || {
+        c.health().state == BreakerState::Open
+    })
+    .await;
+    let next = c.health().next_probe_in().unwrap();
+    assert!(next >= Duration::from_secs(55), "{next:?}");
+    assert!(
+        c.health().summary().contains("next probe in"),
+        "{}",
+        c.health().summary()
+    );
     let t0 = Instant::now();
+    c.give_up();
+    let err = send.await.unwrap().unwrap_err();
+    assert!(t0.elapsed() < Duration::from_secs(1));
+    match &err {
+        SendError::Undelivered {
+            attempts,
+            last_error,
+            ..
+        } => {
+            assert_eq!(*attempts, 1);
+            assert!(last_error.as_deref().unwrap().contains("50100"), "{err}");
+        }
+        other => panic!("expected Undelivered, got {other:?}"),
+    }
+    assert_eq!(m.hits(ROWSET).len(), 1);
+    // Later sends are not attempted.
     let err = c.send(Method::POST, ROWSET, rows()).await.unwrap_err();
     assert!(
-        matches!(err, SendError::Exhausted { attempts: 1, .. }),
+        matches!(err, SendError::Undelivered { attempts: 0, .. }),
         "{err:?}"
     );
-    assert!(t0.elapsed() < Duration::from_secs(1));
+    assert_eq!(m.hits(ROWSET).len(), 1);
 }
 
 #[tokio::test]
-async fn connection_errors_are_retried_then_exhausted() {
+async fn unreachable_sfmc_waits_and_gives_up_after_the_bound() {
+    // Was `connection_errors_are_retried_then_exhausted`.
     // Bind then drop a listener to get a port nobody listens on.
     let port = {
         let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
@@ -701,19 +824,30 @@ async fn connection_errors_are_retried_then_exhausted() {
     let base = format!("http://127.0.0.1:{port}");
     let mut config = fast_config();
     config.retry.max_attempts = 2;
+    config.give_up_after = Some(Duration::from_millis(300));
     let c = client_v2(&base, config);
+    let t0 = Instant::now();
     let err = c.send(Method::POST, ROWSET, rows()).await.unwrap_err();
+    assert!(t0.elapsed() >= Duration::from_millis(290));
     match &err {
-        SendError::Exhausted {
+        SendError::Undelivered {
             attempts,
             last_error,
-            ..
+            reason,
         } => {
-            assert_eq!(*attempts, 2);
-            assert!(last_error.contains("token request"), "{last_error}");
+            assert_eq!(*attempts, 0);
+            assert!(
+                last_error.as_deref().unwrap().contains("token endpoint"),
+                "{err}"
+            );
+            assert!(reason.contains("more than 300 ms"), "{reason}");
         }
-        other => panic!("expected Exhausted, got {other:?}"),
+        other => panic!("expected Undelivered, got {other:?}"),
     }
+    // Token requests backed off: 10-20, 20-40, 40-80, 50-100 ms... in 300 ms.
+    let tokens = c.stats().token_requests;
+    assert!((2..=9).contains(&tokens), "{tokens}");
+    assert!(c.health().given_up);
     assert!(!format!("{err} {err:?}").contains(SECRET));
 }
 
@@ -798,7 +932,8 @@ fn stats_serialize() {
     let v = serde_json::to_value(c.stats()).unwrap();
     assert_eq!(
         v,
-        json!({"requests_per_endpoint":{},"retries":0,"token_requests":0,"statuses":{},"responses":{},"retries_per_endpoint":{}})
+        json!({"requests_per_endpoint":{},"retries":0,"token_requests":0,"statuses":{},"responses":{},"retries_per_endpoint":{},
+               "failures":{},"infrastructure":{},"undelivered":0,"breaker_opens":0})
     );
     assert_eq!(
         sfmc_relay::sfmc::client::endpoint_pattern("/hub/v1/dataevents/key:X/rows/Id:1"),

@@ -18,7 +18,7 @@ use crate::sfmc::bulk::{
     RowOutcomes,
 };
 use crate::sfmc::client::SendError;
-use crate::sfmc::deadletter::Failure;
+use crate::sfmc::deadletter::{Failure, Outcome};
 use bytes::Bytes;
 use reqwest::Method;
 use serde_json::json;
@@ -82,6 +82,7 @@ pub(super) async fn send(shared: &Shared, de: &str, rows: Vec<Row>) {
                     status: Some(status),
                     errorcode: None,
                     attempts: None,
+                    outcome: Outcome::Failed,
                 };
                 for t in r.tickets {
                     t.done(Err(f.clone()));
@@ -128,6 +129,7 @@ pub(super) async fn send(shared: &Shared, de: &str, rows: Vec<Row>) {
                         status: None,
                         errorcode: None,
                         attempts: None,
+                        outcome: Outcome::Failed,
                     };
                     for t in r.tickets {
                         t.done(Err(f.clone()));

@@ -7,7 +7,7 @@ use super::send::failure_from;
 use super::ticket::Ticket;
 use crate::action::ESTABLISH_PATH;
 use crate::sfmc::bulk::{self, ContactOutcome};
-use crate::sfmc::deadletter::Failure;
+use crate::sfmc::deadletter::{Failure, Outcome};
 use bytes::Bytes;
 use reqwest::Method;
 use serde_json::json;
@@ -124,6 +124,7 @@ async fn establish(shared: Arc<Shared>, batch: Vec<ContactMsg>) {
                         status: Some(resp.status),
                         errorcode: None,
                         attempts: None,
+                        outcome: Outcome::Failed,
                     }),
                 })
                 .collect(),
@@ -138,6 +139,7 @@ async fn establish(shared: Arc<Shared>, batch: Vec<ContactMsg>) {
                         status: Some(resp.status),
                         errorcode: None,
                         attempts: None,
+                        outcome: Outcome::Failed,
                     })
                 })
                 .collect(),

@@ -9,7 +9,7 @@ use super::send::failure_from;
 use super::ticket::Ticket;
 use crate::action::{ASYNC_EVENTS_PATH, Fields};
 use crate::sfmc::bulk::{self, ASYNC_EVENTS_MAX_MEMBERS, MemberOutcome};
-use crate::sfmc::deadletter::Failure;
+use crate::sfmc::deadletter::{Failure, Outcome};
 use bytes::Bytes;
 use reqwest::Method;
 use serde_json::json;
@@ -88,6 +88,7 @@ async fn send_members(shared: &Shared, definition: &str, batch: Vec<JourneyMsg>)
                         status: Some(resp.status),
                         errorcode,
                         attempts: None,
+                        outcome: Outcome::Failed,
                     }),
                 })
                 .collect(),
@@ -104,6 +105,7 @@ async fn send_members(shared: &Shared, definition: &str, batch: Vec<JourneyMsg>)
                         status: Some(resp.status),
                         errorcode: None,
                         attempts: None,
+                        outcome: Outcome::Uncertain,
                     })
                 })
                 .collect(),

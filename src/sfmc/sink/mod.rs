@@ -81,7 +81,7 @@ impl Default for SinkConfig {
             lanes: d::MAX_IN_FLIGHT,
             contact_cache: d::CONTACT_CACHE,
             contact_batch: d::CONTACT_BATCH,
-            journey_batch: crate::sfmc::bulk::ASYNC_EVENTS_MAX_MEMBERS,
+            journey_batch: d::JOURNEY_BATCH,
             async_threshold: d::ASYNC_THRESHOLD,
             async_batch_rows: d::ASYNC_BATCH_ROWS,
             contact_state: None,
@@ -201,6 +201,12 @@ impl Sink {
 
     pub fn client(&self) -> &SfmcClient {
         &self.shared.client
+    }
+
+    /// Dead-letter an event with `failure` before it was handed over (e.g. undelivered: the
+    /// relay stopped).
+    pub fn dead_letter(&self, origin: &Origin, version: &str, event: &Value, failure: &Failure) {
+        self.shared.dead_letter(origin, version, event, failure);
     }
 
     /// Dead-letter an event that was rejected before delivery (rules, bad input).

@@ -8,22 +8,25 @@ use reqwest::Method;
 use serde_json::{Value, json};
 
 pub(super) fn failure_from(e: &SendError, call: Value) -> Failure {
-    let (status, errorcode, attempts) = match e {
+    match e {
         SendError::Permanent {
             status,
             errorcode,
             attempts,
             ..
-        } => (Some(*status), *errorcode, Some(*attempts)),
-        SendError::Exhausted { attempts, .. } => (None, None, Some(*attempts)),
-        SendError::Auth(_) => (Some(401), None, None),
-    };
-    Failure {
-        reason: e.to_string(),
-        call: Some(call),
-        status,
-        errorcode,
-        attempts,
+        } => Failure::failed(
+            e.to_string(),
+            call,
+            Some(*status),
+            *errorcode,
+            Some(*attempts),
+        ),
+        SendError::Uncertain { attempts, .. } => {
+            Failure::uncertain(e.to_string(), call, Some(*attempts))
+        }
+        SendError::Undelivered { attempts, .. } => {
+            Failure::undelivered(e.to_string(), Some(call), Some(*attempts))
+        }
     }
 }
 

@@ -43,6 +43,8 @@ pub struct Settings {
     pub base_delay: &'static str,
     pub max_delay: &'static str,
     pub request_timeout: &'static str,
+    /// `delivery.give_up_after`: how long `run` waits for an unavailable SFMC.
+    pub give_up_after: &'static str,
 }
 
 impl Default for Settings {
@@ -55,6 +57,7 @@ impl Default for Settings {
             base_delay: "2ms",
             max_delay: "20ms",
             request_timeout: "10s",
+            give_up_after: "2s",
         }
     }
 }
@@ -74,12 +77,13 @@ pub fn rules_dir(s: &Settings) -> tempfile::TempDir {
     let settings = format!(
         "sfmc:\n  subdomain: ${{SFMC_SUBDOMAIN:-}}\n  account_id: ${{SFMC_ACCOUNT_ID:-}}\n\
 delivery:\n  batch_rows: {}\n  linger: {}\n  requests_per_second: 0\n  max_in_flight: {}\n  \
-request_timeout: {}\n  contact_cache: 100000\n  retry:\n    attempts: {}\n    within: 60s\n    \
+request_timeout: {}\n  contact_cache: 100000\n  give_up_after: {}\n  retry:\n    attempts: {}\n    within: 60s\n    \
 base_delay: {}\n    max_delay: {}\n",
         s.batch_rows,
         s.linger,
         s.max_in_flight,
         s.request_timeout,
+        s.give_up_after,
         s.attempts,
         s.base_delay,
         s.max_delay

@@ -119,14 +119,24 @@ pub struct ReplayArgs {
     /// The dead-letter file written by `run`
     #[arg(value_name = "DEADLETTER_FILE")]
     pub file: PathBuf,
+    /// Also send records with outcome `uncertain` (Journey entries SFMC may already have
+    /// processed: check GET /interaction/v1/async/events/status first); without it they
+    /// are skipped
+    #[arg(long)]
+    pub uncertain: bool,
     #[command(flatten)]
     pub delivery: DeliveryArgs,
 }
 
 impl ReplayArgs {
     pub fn run_options(&self, env: &Env) -> RunOptions {
+        let kind = if self.uncertain {
+            InputKind::DeadLettersWithUncertain
+        } else {
+            InputKind::DeadLetters
+        };
         self.delivery
-            .run_options(Some(self.file.clone()), InputKind::DeadLetters, env)
+            .run_options(Some(self.file.clone()), kind, env)
     }
 
     /// Replays are one-off: the rules are not watched (SIGHUP still reloads).

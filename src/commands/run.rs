@@ -16,8 +16,11 @@ pub use crate::pipeline::{
 pub enum InputKind {
     /// NDJSON events or `{"batch":[...]}` envelopes.
     Events,
-    /// A dead-letter file: each line's `event` is sent again.
+    /// A dead-letter file: each line's `event` is sent again, except records with outcome
+    /// `uncertain` (skipped, with the reason).
     DeadLetters,
+    /// A dead-letter file, `uncertain` records included (`replay --uncertain`).
+    DeadLettersWithUncertain,
 }
 
 pub struct RunOptions {
@@ -41,7 +44,8 @@ pub async fn run(rules: RuleSource, opts: RunOptions) -> Result<RunSummary, RunE
         lines::open_input(opts.input.as_deref()).map_err(|e| RunError::Io(e.to_string()))?;
     let framing = match opts.input_kind {
         InputKind::Events => Framing::Ndjson,
-        InputKind::DeadLetters => Framing::DeadLetter,
+        InputKind::DeadLetters => Framing::DeadLetter { uncertain: false },
+        InputKind::DeadLettersWithUncertain => Framing::DeadLetter { uncertain: true },
     };
     let mut p = PipelineOptions::new(framing, opts.dead_letter, opts.env);
     p.requests_per_second = opts.requests_per_second;

@@ -321,7 +321,11 @@ fn record_items(
         }
     };
     match framing {
-        Framing::DeadLetter => match dead_letter_events(&text, origin) {
+        Framing::DeadLetter { uncertain } => match dead_letter_events(&text, origin) {
+            _ if !uncertain && is_uncertain_record(&text) => vec![Item::Skipped {
+                ty: type_index(None),
+                reason: UNCERTAIN_SKIPPED.to_string(),
+            }],
             Line::Blank => vec![],
             Line::Invalid(reason) => vec![rejected(text.trim_end().to_string(), reason)],
             Line::Events(events) => events
@@ -373,6 +377,22 @@ fn record_items(
             }
         }
     }
+}
+
+/// Why `replay` skips an `uncertain` record without `--uncertain`.
+pub const UNCERTAIN_SKIPPED: &str = "uncertain journey entry (SFMC may have processed it): not replayed; check GET /interaction/v1/async/events/status, then `replay --uncertain` to send it deliberately";
+
+/// Whether a dead-letter line is a record with outcome `uncertain`.
+fn is_uncertain_record(text: &str) -> bool {
+    #[derive(serde::Deserialize)]
+    struct Outcome<'a> {
+        #[serde(borrow)]
+        outcome: Option<std::borrow::Cow<'a, str>>,
+    }
+    serde_json::from_str::<Outcome>(text.trim())
+        .ok()
+        .and_then(|o| o.outcome)
+        .is_some_and(|o| o == "uncertain")
 }
 
 /// The events of one line of a dead-letter file (`replay`): each record's `"event"`.

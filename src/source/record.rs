@@ -144,6 +144,8 @@ pub enum Framing {
     Ndjson,
     /// Exactly one event per record (the spool holds events one by one).
     Event,
-    /// A dead-letter record per line (`replay`): its `"event"` is sent again.
-    DeadLetter,
+    /// A dead-letter record per line (`replay`): its `"event"` is sent again; records
+    /// with outcome `uncertain` (a Journey entry SFMC may have processed) only when
+    /// `uncertain` is set (`replay --uncertain`), else they are skipped with a reason.
+    DeadLetter { uncertain: bool },
 }

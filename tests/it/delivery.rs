@@ -862,3 +862,49 @@ async_rows: { min_delay_ms: 10, max_delay_ms: 300 }\n",
         assert!(d["reason"].as_str().unwrap().contains("Email"), "{d}");
     }
 }
+
+/// `replay` skips `uncertain` records (a Journey entry SFMC may have processed) and says
+/// why; `replay --uncertain` sends them deliberately.
+#[tokio::test(flavor = "multi_thread")]
+async fn replay_skips_uncertain_records_unless_asked() {
+    let dir = rules_dir(&Settings::default());
+    let program = load(dir.path());
+    let sim = start_sim("").await;
+    let tmp = tempfile::tempdir().unwrap();
+    let file = tmp.path().join("dead.ndjson");
+    let record = |outcome: &str, user: &str| {
+        json!({"time": "2026-12-01T00:00:00Z", "rules_version": "r1", "line": 1,
+               "outcome": outcome, "reason": "x", "event": signup(user, "pro")})
+        .to_string()
+    };
+    std::fs::write(
+        &file,
+        format!(
+            "{}\n{}\n",
+            record("uncertain", "unsure"),
+            record("undelivered", "waiting")
+        ),
+    )
+    .unwrap();
+    let replay = |kind: InputKind, dead: &str| Run {
+        program: program.clone(),
+        input: file.clone(),
+        dead: tmp.path().join(dead),
+        kind,
+        env: sim_env(&sim, &[]),
+    };
+    let s = replay(InputKind::DeadLetters, "d1.ndjson")
+        .go()
+        .await
+        .unwrap();
+    assert_eq!((s.delivered, s.skipped), (1, 1), "{}", s.render());
+    assert!(s.render().contains("replay --uncertain"), "{}", s.render());
+    let entered: Vec<Value> = sim.api_events();
+    assert_eq!(entered.len(), 1);
+    assert_eq!(entered[0]["ContactKey"], "waiting");
+    let s = replay(InputKind::DeadLettersWithUncertain, "d2.ndjson")
+        .go()
+        .await
+        .unwrap();
+    assert_eq!((s.delivered, s.skipped), (2, 0), "{}", s.render());
+}

@@ -236,6 +236,15 @@ struct ServeArgs {
     /// On SIGTERM, wait at most this many seconds for deliveries in flight
     #[arg(long, value_name = "SECS", default_value_t = 30)]
     drain_timeout: u64,
+    /// Browser origins allowed to call the API (CORS): `*` (any, as Segment's API) or a
+    /// comma-separated list such as `https://shop.example.com,https://*.example.com`
+    #[arg(
+        long,
+        value_name = "ORIGINS",
+        env = "SFMC_RELAY_CORS_ORIGINS",
+        default_value = "*"
+    )]
+    cors_origins: sfmc_relay::source::cors::CorsOrigins,
 }
 
 /// `1048576`, `64K`, `512MiB`, `1G`... (K/M/G and KiB/MiB/GiB are all powers of 1024).
@@ -588,6 +597,7 @@ fn serve(args: ServeArgs) -> ExitCode {
         drain_timeout: std::time::Duration::from_secs(args.drain_timeout),
         env: Arc::new(|k: &str| std::env::var(k).ok()),
         reload_failures: Default::default(),
+        cors_origins: args.cors_origins,
     };
     let rt = runtime();
     {

@@ -41,6 +41,8 @@ pub struct ServeOptions {
     pub env: EnvSource,
     /// Counter the hot-reload hook increments on a failed reload (shown in /metrics).
     pub reload_failures: Arc<AtomicU64>,
+    /// Browser origins allowed to call the ingest API (`--cors-origins`; default any).
+    pub cors_origins: crate::source::cors::CorsOrigins,
 }
 
 /// One spooled event, transformed.
@@ -139,6 +141,8 @@ pub async fn serve(rules: RuleSource, opts: ServeOptions) -> Result<RunSummary, 
         metrics: metrics.clone(),
         client: target.client.clone(),
         rules: rules.clone(),
+        cors: opts.cors_origins.clone(),
+        dead_letters: dead.clone(),
     });
     let listener = tokio::net::TcpListener::bind(opts.listen)
         .await

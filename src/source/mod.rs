@@ -1,6 +1,7 @@
-//! Event sources other than NDJSON files and stdin: the HTTP ingest ([`http`]) and its
-//! [`metrics`], and Kafka (feature `kafka`).
+//! Event sources other than NDJSON files and stdin: the HTTP ingest ([`http`], with its
+//! [`cors`] and [`metrics`]), and Kafka (feature `kafka`).
 
+pub mod cors;
 pub mod http;
 #[cfg(feature = "kafka")]
 pub mod kafka;

@@ -102,6 +102,15 @@ pub async fn serve(rules: RuleSource, opts: ServeOptions) -> Result<RunSummary, 
     }
     let program = rules();
     let target = target(&program, &opts.env, opts.requests_per_second).await?;
+    // Before the spool deletes what was delivered: the ids a client may still retry.
+    let recent_ids =
+        crate::source::dedup::RecentIds::from_spool(&opts.spool.dir, crate::source::dedup::WINDOW)
+            .map_err(|e| {
+                RunError::Io(format!(
+                    "cannot read the spool {}: {e}",
+                    opts.spool.dir.display()
+                ))
+            })?;
     let (spool, report) = Spool::open(opts.spool.clone()).map_err(|e| {
         RunError::Io(format!(
             "cannot open the spool {}: {e}",
@@ -143,6 +152,7 @@ pub async fn serve(rules: RuleSource, opts: ServeOptions) -> Result<RunSummary, 
         rules: rules.clone(),
         cors: opts.cors_origins.clone(),
         dead_letters: dead.clone(),
+        recent_ids: std::sync::Mutex::new(recent_ids),
     });
     let listener = tokio::net::TcpListener::bind(opts.listen)
         .await

@@ -24,9 +24,12 @@
 //! "code":...}`, every refusal counted by its code in `/metrics`.
 //!
 //! An accepted request is in the spool, fsync'd, before the `{"success":true}` reply; a
-//! full spool answers 503 with `Retry-After` (Segment's libraries retry 5xx).
+//! full spool answers 503 with `Retry-After` (Segment's libraries retry 5xx). An event
+//! whose `messageId` was accepted lately (a client's retry of a request whose answer it
+//! lost, e.g. in a crash) is answered 200 and not spooled again ([`super::dedup`]).
 
 use super::cors::{self, CorsOrigins};
+use super::dedup::{RELAY_ID_PREFIX, RecentIds};
 use super::metrics::{self, Metrics, refusal};
 use crate::commands::run::RuleSource;
 use crate::sfmc::SfmcClient;
@@ -66,6 +69,10 @@ pub struct Ingest {
     /// Where events of a batch that break Segment's per-event limits go (the same file
     /// the sink writes).
     pub dead_letters: Arc<DeadLetters>,
+    /// Client `messageId`s spooled lately: a retry of an accepted request is not spooled
+    /// twice ([`super::dedup`]). Seed it with [`RecentIds::from_spool`] before opening
+    /// the spool.
+    pub recent_ids: std::sync::Mutex<RecentIds>,
 }
 
 #[derive(Clone, Copy)]
@@ -378,7 +385,7 @@ fn stamp(ev: &mut Map<String, Value>, now: &str) {
     if !ev.get("messageId").is_some_and(Value::is_string) {
         ev.insert(
             "messageId".into(),
-            Value::String(format!("relay-{}", uuid4())),
+            Value::String(format!("{RELAY_ID_PREFIX}{}", uuid4())),
         );
     }
     if !ev.contains_key("receivedAt") {
@@ -576,21 +583,51 @@ async fn ingest(
     let mut payloads = Vec::with_capacity(events.len());
     let mut types = [0u64; 7];
     let mut refused = Vec::new();
-    for Incoming {
-        mut event,
-        rejected,
-    } in events
+    // Ids remembered for this request: forgotten again if it fails, so the client's retry
+    // is accepted.
+    let mut remembered = Vec::new();
+    let mut duplicates = 0u64;
     {
-        stamp(&mut event, &now);
-        let ty = metrics::type_index(event.get("type").and_then(Value::as_str));
-        match rejected {
-            Some((why, reason)) => refused.push((ty, why, event, reason)),
-            None => {
-                types[ty] += 1;
-                payloads.push(serde_json::to_vec(&event).expect("JSON values serialize"));
+        let mut seen = st.recent_ids.lock().unwrap_or_else(|e| e.into_inner());
+        for Incoming {
+            mut event,
+            rejected,
+        } in events
+        {
+            if let Some(k) = event
+                .get("messageId")
+                .and_then(Value::as_str)
+                .and_then(|id| seen.key(id))
+            {
+                if !seen.insert(k) {
+                    duplicates += 1;
+                    continue;
+                }
+                remembered.push(k);
+            }
+            stamp(&mut event, &now);
+            let ty = metrics::type_index(event.get("type").and_then(Value::as_str));
+            match rejected {
+                Some((why, reason)) => refused.push((ty, why, event, reason)),
+                None => {
+                    types[ty] += 1;
+                    payloads.push(serde_json::to_vec(&event).expect("JSON values serialize"));
+                }
             }
         }
     }
+    if duplicates > 0 {
+        m.duplicates.fetch_add(duplicates, Ordering::Relaxed);
+        tracing::debug!(
+            "ingest: {duplicates} event(s) with a messageId accepted before: not spooled again"
+        );
+    }
+    let forget = |keys: &[u64]| {
+        let mut seen = st.recent_ids.lock().unwrap_or_else(|e| e.into_inner());
+        for k in keys {
+            seen.remove(*k);
+        }
+    };
     if !refused.is_empty() {
         // Written (and flushed) before the reply: a dead letter is data. Written before
         // the spool append: if that fails, the client's retry repeats a dead letter, not
@@ -619,6 +656,7 @@ async fn ingest(
                 }
             }
             Ok(Err(e)) => {
+                forget(&remembered);
                 return fail(
                     m,
                     ERROR,
@@ -627,6 +665,7 @@ async fn ingest(
                 );
             }
             Err(_) => {
+                forget(&remembered);
                 return fail(
                     m,
                     ERROR,
@@ -639,7 +678,11 @@ async fn ingest(
     if payloads.is_empty() {
         return reply(StatusCode::OK, json!({"success": true}));
     }
-    match st.spool.append(payloads).await {
+    let appended = st.spool.append(payloads).await;
+    if appended.is_err() {
+        forget(&remembered);
+    }
+    match appended {
         Ok(()) => {
             for (i, n) in types.iter().enumerate() {
                 m.received.add(i, *n);

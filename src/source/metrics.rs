@@ -77,6 +77,8 @@ pub struct Metrics {
     pub client_metric_posts: AtomicU64,
     /// `GET /v1/projects/{writeKey}/settings` answered (analytics.js's `cdnURL`).
     pub settings_served: AtomicU64,
+    /// Events not spooled because their `messageId` was accepted lately (client retries).
+    pub duplicates: AtomicU64,
     /// Failed rule reloads (incremented by the hot-reload hook; 0 with fixed rules).
     pub reload_failures: Arc<AtomicU64>,
 }
@@ -157,6 +159,11 @@ pub fn render(
             m.events_rejected[i].load(Ordering::Relaxed)
         );
     }
+    let _ = writeln!(
+        o,
+        "# HELP sfmc_relay_events_duplicate_total Events answered 200 but not spooled again: their messageId was accepted lately (a client retrying a request whose answer it lost).\n# TYPE sfmc_relay_events_duplicate_total counter\nsfmc_relay_events_duplicate_total {}",
+        m.duplicates.load(Ordering::Relaxed)
+    );
     let _ = writeln!(
         o,
         "# HELP sfmc_relay_cors_preflights_total CORS preflight requests (OPTIONS) from browsers, by result (refused: origin not in --cors-origins).\n# TYPE sfmc_relay_cors_preflights_total counter\nsfmc_relay_cors_preflights_total{{result=\"allowed\"}} {}\nsfmc_relay_cors_preflights_total{{result=\"refused\"}} {}",

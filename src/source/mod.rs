@@ -2,6 +2,7 @@
 //! [`cors`] and [`metrics`]), and Kafka (feature `kafka`).
 
 pub mod cors;
+pub mod dedup;
 pub mod http;
 #[cfg(feature = "kafka")]
 pub mod kafka;

@@ -165,3 +165,92 @@ pub async fn eventually(secs: u64, what: &str, mut f: impl FnMut() -> bool) {
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
 }
+
+/// Rules for the client-library tests: every Segment call type lands somewhere.
+/// identify -> `people` rows and contacts; Order Completed -> `orders`; Signed Up -> the
+/// Journey API event `signup-journey`; page -> `page_views`; screen -> `screen_views`;
+/// group -> `groups`; alias -> `aliases`; `context.userAgent` -> the column `User Agent`.
+pub fn client_rules(dir: &Path) -> std::path::PathBuf {
+    let d = dir.join("client-rules");
+    std::fs::create_dir_all(&d).unwrap();
+    std::fs::write(
+        d.join("rules.yaml"),
+        r#"
+identify:
+  data_extension: people
+context_columns:
+  context.userAgent: User Agent
+delivery:
+  linger: 20ms
+  retry:
+    base_delay: 50ms
+    max_delay: 1s
+track:
+  - event: Order Completed
+    data_extension: orders
+    primary_key: Order Id, Contact Key
+  - event: Signed Up
+    api_event: signup-journey
+  - type: page
+    data_extension: page_views
+    uuid_primary_key: true
+  - type: screen
+    data_extension: screen_views
+    uuid_primary_key: true
+  - type: group
+    data_extension: groups
+  - type: alias
+    data_extension: aliases
+    uuid_primary_key: true
+"#,
+    )
+    .unwrap();
+    d
+}
+
+/// Whether a test dependency is usable: `Ok` to run; otherwise, when `CI` is set, panic
+/// (CI must run every test), else print why the test is skipped and return `Err`.
+pub fn require(test: &str, available: Result<(), String>) -> Result<(), ()> {
+    match available {
+        Ok(()) => Ok(()),
+        Err(why) => {
+            if std::env::var_os("CI").is_some() {
+                panic!("CI is set, so {test} must run, but: {why} (see .ci/install-test-deps)");
+            }
+            println!("SKIPPED {test}: {why}");
+            eprintln!("SKIPPED {test}: {why}");
+            Err(())
+        }
+    }
+}
+
+/// The directory of the npm packages the client tests use (tests/js, installed by
+/// `.ci/install-test-deps` with `npm ci`).
+pub fn js_dir() -> std::path::PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/js")
+}
+
+/// `Ok` when `node` runs and can load each of `packages` from tests/js/node_modules.
+pub fn node_packages(packages: &[&str]) -> Result<(), String> {
+    let mut script = String::new();
+    for p in packages {
+        script.push_str(&format!("require.resolve({p:?});"));
+    }
+    match Command::new("node")
+        .current_dir(js_dir())
+        .args(["-e", &script])
+        .output()
+    {
+        Err(e) => Err(format!("node not runnable: {e}")),
+        Ok(o) if !o.status.success() => Err(format!(
+            "node cannot load {} (cd tests/js && npm ci): {}",
+            packages.join(", "),
+            String::from_utf8_lossy(&o.stderr)
+                .lines()
+                .find(|l| l.contains("Cannot find"))
+                .unwrap_or("")
+                .trim()
+        )),
+        Ok(_) => Ok(()),
+    }
+}

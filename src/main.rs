@@ -152,6 +152,12 @@ enum Command {
         #[arg(long, value_enum, default_value_t = Format::Human)]
         format: Format,
     },
+    /// Print the JSON Schema of a rule file (for editors: yaml-language-server, VS Code, IntelliJ)
+    ///
+    /// Generated from the rule types, so it matches what the loader reads. `check` stays
+    /// the authority: it also checks what a schema cannot (paths, regexes, ranges, keys
+    /// defined in two files). The shipped rule files reference docs/rules.schema.json.
+    Schema,
     /// Show, for each event, which rules matched and why, every key renamed or value dropped, the primary key and the SFMC calls
     Explain {
         /// Rules directory; default: the embedded default rules
@@ -405,6 +411,14 @@ fn main() -> ExitCode {
             no_watch,
         } => transform(rules, input.as_deref(), !no_watch),
         Command::Check { rules, format } => check(rules.as_deref(), format),
+        Command::Schema => match commands::schema::print(&mut std::io::stdout().lock()) {
+            Ok(()) => ExitCode::from(exit::OK),
+            Err(e) if e.kind() == std::io::ErrorKind::BrokenPipe => ExitCode::from(exit::OK),
+            Err(e) => {
+                eprintln!("sfmc-relay: {e}");
+                ExitCode::from(exit::IO)
+            }
+        },
         Command::Explain { rules, input } => explain(rules.as_deref(), input.as_deref()),
         Command::Test {
             rules,

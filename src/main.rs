@@ -673,12 +673,35 @@ fn finish_delivery(
     if let Some(report) = &summary.simulator_report {
         eprintln!("{}", report.trim_end());
     }
-    eprintln!(
-        "{}",
-        summary
-            .render()
-            .replacen(" lines)", &format!(" {unit})"), 1)
-    );
+    let text = summary
+        .render()
+        .replacen(" lines)", &format!(" {unit})"), 1);
+    // The summary, with why events were dead-lettered before its last line (the rules).
+    let (body, last) = text.rsplit_once('\n').unwrap_or(("", text.as_str()));
+    if !body.is_empty() {
+        eprintln!("{body}");
+    }
+    if summary.dead_lettered > 0
+        && let Ok(reasons) = sfmc_relay::sfmc::deadletter::last_reasons(
+            &summary.dead_letter_path,
+            summary.dead_lettered,
+        )
+    {
+        let mut top: Vec<(String, u64)> = reasons.into_iter().collect();
+        top.sort_by(|a, b| b.1.cmp(&a.1).then(a.0.cmp(&b.0)));
+        let shown: Vec<String> = top
+            .iter()
+            .take(10)
+            .map(|(r, n)| format!("{n} × {r}"))
+            .collect();
+        eprintln!("dead-lettered: {}", shown.join("\n               "));
+    }
+    eprintln!("{last}");
+    if summary.simulator_report.is_some() {
+        eprintln!(
+            "(That was the built-in SFMC simulator. To deliver to your account, set SFMC_CLIENT_ID, SFMC_CLIENT_SECRET and SFMC_SUBDOMAIN: README, \"Your SFMC account\".)"
+        );
+    }
     if strict && summary.dead_lettered > 0 {
         ExitCode::from(exit::DEAD_LETTERS)
     } else {

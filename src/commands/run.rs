@@ -117,19 +117,21 @@ impl RunSummary {
             self.splits
         ));
         if !self.skip_reasons.is_empty() {
+            // Every reason (up to 10), one a line: what a newcomer needs to see.
+            const SHOWN: usize = 10;
             let mut top: Vec<(&String, &u64)> = self.skip_reasons.iter().collect();
             top.sort_by(|a, b| b.1.cmp(a.1).then(a.0.cmp(b.0)));
             let shown: Vec<String> = top
                 .iter()
-                .take(3)
+                .take(SHOWN)
                 .map(|(r, n)| format!("{n} × {r}"))
                 .collect();
-            let more = top.len().saturating_sub(3);
+            let more = top.len().saturating_sub(SHOWN);
             s.push_str(&format!(
                 "skipped: {}{}\n",
-                shown.join("; "),
+                shown.join("\n         "),
                 if more > 0 {
-                    format!("; and {more} other reason(s)")
+                    format!("\n         and {more} other reason(s)")
                 } else {
                     String::new()
                 }

@@ -134,21 +134,7 @@ async fn every_metric_the_dashboard_queries_is_exported() {
     })
     .await;
     sim.set_faults(Default::default());
-    let mut metrics = String::new();
-    for _ in 0..100 {
-        metrics = c
-            .get(relay.url("/metrics"))
-            .send()
-            .await
-            .unwrap()
-            .text()
-            .await
-            .unwrap();
-        if metrics.contains("sfmc_relay_queue_depth 0") {
-            break;
-        }
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
+    let metrics = relay.metrics_when_idle().await;
     let mut missing = Vec::new();
     for (name, labels) in &queries {
         if !metrics.contains(&format!("# TYPE {name} ")) {

@@ -204,21 +204,7 @@ async fn segment_api_auth_gzip_limits_metrics() {
     let health = c.get(relay.url("/healthz")).send().await.unwrap();
     assert_eq!(health.status(), StatusCode::OK);
     // Completions (and so the delivered counters) follow the simulator's answer.
-    let mut metrics = String::new();
-    for _ in 0..200 {
-        metrics = c
-            .get(relay.url("/metrics"))
-            .send()
-            .await
-            .unwrap()
-            .text()
-            .await
-            .unwrap();
-        if metrics.contains("sfmc_relay_queue_depth 0") {
-            break;
-        }
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
+    let metrics = relay.metrics_when_idle().await;
     for line in [
         "sfmc_relay_events_received_total{type=\"identify\"} 1",
         "sfmc_relay_events_received_total{type=\"track\"} 5",

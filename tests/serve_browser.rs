@@ -18,8 +18,10 @@ use std::path::PathBuf;
 use std::process::Command;
 use std::time::Duration;
 
-use serde_json::Value;
-use support::{KEY, Relay, client_rules, js_dir, node_packages, require, simulator};
+use support::{
+    KEY, Relay, assert_client_calls_landed, client_rules, js_dir, metric_value, node_packages,
+    require, row, run_client, simulator, wait_for_landed,
+};
 
 const BIG: usize = 32_700;
 
@@ -59,71 +61,37 @@ async fn analytics_js_in_chromium_delivers_through_serve() {
     let relay_origin = relay.url("");
     for (i, mode) in ["standard", "batching", "apihost"].into_iter().enumerate() {
         let run = format!("web-{mode}");
-        let out = tokio::task::spawn_blocking({
-            let (relay_origin, run) = (relay_origin.clone(), run.clone());
-            move || {
-                Command::new("node")
-                    .current_dir(js_dir())
-                    .env("CHROMIUM", chromium())
-                    .args([
-                        "browser.js",
-                        &relay_origin,
-                        KEY,
-                        mode,
-                        &run,
-                        &BIG.to_string(),
-                    ])
-                    .output()
-                    .unwrap()
-            }
-        })
-        .await
-        .unwrap();
-        assert!(
-            out.status.success(),
-            "{mode}: {}\n{}\nrelay:\n{}",
-            String::from_utf8_lossy(&out.stdout),
-            String::from_utf8_lossy(&out.stderr),
-            relay.log()
-        );
-        let said: Value = serde_json::from_slice(&out.stdout).unwrap();
+        let mut cmd = Command::new("node");
+        cmd.current_dir(js_dir()).env("CHROMIUM", chromium()).args([
+            "browser.js",
+            &relay_origin,
+            KEY,
+            mode,
+            &run,
+            &BIG.to_string(),
+        ]);
+        let said = run_client(cmd, mode, &relay).await;
         assert_eq!(said["big_event_bytes"], BIG, "{said}");
-        let n = i + 1;
         // Per page: 1 person, 3 orders (one small, the probe and the 32,700-byte one), 1
         // journey entry, 1 page view, 1 group, 1 alias.
-        let counts = || {
-            [
-                sim.rows("people").len(),
-                sim.rows("orders").len() / 3,
-                sim.api_events().len(),
-                sim.rows("page_views").len(),
-                sim.rows("groups").len(),
-                sim.rows("aliases").len(),
-            ]
-        };
-        let start = std::time::Instant::now();
-        while counts() != [n; 6] {
-            assert!(
-                start.elapsed() < Duration::from_secs(30),
-                "{mode}: people, orders/3, journey events, page_views, groups, aliases: {:?}, want {n} each\n{}",
-                counts(),
-                relay.log()
-            );
-            tokio::time::sleep(Duration::from_millis(20)).await;
-        }
-        let find = |de: &str, key: &str, want: &str| {
-            sim.rows(de)
-                .into_iter()
-                .find(|r| r["keys"][key] == want)
-                .unwrap_or_else(|| panic!("{mode}: no {de} row with {key} = {want}"))
-        };
-        let person = find("people", "Contact Key", &format!("{run}-1"));
-        assert_eq!(
-            person["values"]["Email"],
-            format!("{run}-1@example.com"),
-            "{person}"
-        );
+        wait_for_landed(
+            &sim,
+            &relay,
+            mode,
+            &[
+                ("people", 1),
+                ("orders", 3),
+                ("journey", 1),
+                ("page_views", 1),
+                ("groups", 1),
+                ("aliases", 1),
+            ],
+            i + 1,
+        )
+        .await;
+        assert_client_calls_landed(&sim, &run, 7.5, &format!("{run}-bigB"), &format!("{run}-1"));
         // Context columns from the browser's context.
+        let person = row(&sim, "people", "Contact Key", &format!("{run}-1"));
         assert!(
             person["values"]["User Agent"]
                 .as_str()
@@ -131,39 +99,10 @@ async fn analytics_js_in_chromium_delivers_through_serve() {
                 .contains("Chrome"),
             "{person}"
         );
-        let order = find("orders", "Order Id", &format!("{run}-o1"));
-        assert_eq!(order["keys"]["Contact Key"], format!("{run}-1"), "{order}");
-        assert_eq!(order["values"]["Revenue"], 7.5, "{order}");
-        let big = find("orders", "Order Id", &format!("{run}-bigB"));
-        assert!(big["values"]["Note"].as_str().unwrap().len() > 30_000);
-        assert_eq!(
-            find("groups", "Contact Key", &format!("{run}-1"))["values"]["Name"],
-            "Acme"
-        );
-        assert!(
-            sim.api_events()
-                .iter()
-                .any(|e| e["ContactKey"] == format!("{run}-1")),
-            "{mode}: the Signed Up journey event"
-        );
     }
-    let dead = tmp.path().join("spool.deadletter.ndjson");
-    assert!(
-        !dead.exists(),
-        "{}",
-        std::fs::read_to_string(&dead).unwrap_or_default()
-    );
-    let m = reqwest::get(relay.url("/metrics"))
-        .await
-        .unwrap()
-        .text()
-        .await
-        .unwrap();
-    let value = |name: &str| -> u64 {
-        m.lines()
-            .find_map(|l| l.strip_prefix(name)?.trim().parse().ok())
-            .unwrap_or_else(|| panic!("no {name} in:\n{m}"))
-    };
+    relay.assert_nothing_dead_lettered(&tmp.path().join("spool"));
+    let m = relay.metrics().await;
+    let value = |series: &str| metric_value(&m, series);
     assert!(
         value("sfmc_relay_cors_preflights_total{result=\"allowed\"}") >= 3,
         "Chromium preflights every cross-origin POST with Authorization:\n{m}"

@@ -157,12 +157,7 @@ async fn sigkill_mid_stream_with_several_senders_loses_nothing_and_repeats_no_jo
     assert_eq!(per_contact.len(), journeys, "{per_contact:?}");
     let twice: Vec<_> = per_contact.iter().filter(|(_, n)| **n > 1).collect();
     assert!(twice.is_empty(), "journeys entered twice: {twice:?}");
-    let dead = tmp.path().join("spool.deadletter.ndjson");
-    assert!(
-        !dead.exists(),
-        "{}",
-        std::fs::read_to_string(&dead).unwrap_or_default()
-    );
+    relay.assert_nothing_dead_lettered(&spool);
     assert!(
         relay.terminate(Duration::from_secs(30)).success(),
         "{}",
@@ -214,12 +209,7 @@ async fn a_retry_after_a_crash_is_not_spooled_twice() {
     tokio::time::sleep(Duration::from_millis(300)).await;
     assert_eq!(sim.api_events().len(), 2, "{:?}", sim.api_events());
     assert_eq!(sim.rows("orders").len(), 2 * ORDERS_PER_BATCH);
-    let m = reqwest::get(relay.url("/metrics"))
-        .await
-        .unwrap()
-        .text()
-        .await
-        .unwrap();
+    let m = relay.metrics().await;
     let dup = format!("sfmc_relay_events_duplicate_total {}", ORDERS_PER_BATCH + 2);
     assert!(m.contains(&dup), "want `{dup}` in:\n{m}");
     assert!(

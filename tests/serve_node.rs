@@ -12,14 +12,12 @@ mod support;
 use std::process::Command;
 use std::time::Duration;
 
-use serde_json::Value;
-use support::{KEY, Relay, client_rules, js_dir, node_packages, require, simulator};
+use support::{
+    KEY, Relay, assert_client_calls_landed, client_rules, js_dir, node_packages, require, row,
+    run_client, simulator, wait_for_landed,
+};
 
 const BIG: usize = 32_700;
-
-fn find<'a>(rows: &'a [Value], key: &str, want: &str) -> Option<&'a Value> {
-    rows.iter().find(|r| r["keys"][key] == want)
-}
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn segment_node_libraries_deliver_every_call_type_through_serve() {
@@ -37,73 +35,22 @@ async fn segment_node_libraries_deliver_every_call_type_through_serve() {
     let rules = client_rules(tmp.path());
     let mut relay = Relay::start(&tmp.path().join("spool"), &rules, &sim, &[]);
     for (i, lib) in ["next", "classic"].into_iter().enumerate() {
-        let out = tokio::task::spawn_blocking({
-            let host = relay.url("");
-            move || {
-                Command::new("node")
-                    .current_dir(js_dir())
-                    .args(["send-node.js", lib, &host, KEY, lib, &BIG.to_string()])
-                    .output()
-                    .unwrap()
-            }
-        })
-        .await
-        .unwrap();
-        assert!(
-            out.status.success(),
-            "{lib}: {}\n{}\nrelay:\n{}",
-            String::from_utf8_lossy(&out.stdout),
-            String::from_utf8_lossy(&out.stderr),
-            relay.log()
-        );
-        let said: Value = serde_json::from_slice(&out.stdout).unwrap();
+        let mut cmd = Command::new("node");
+        cmd.current_dir(js_dir()).args([
+            "send-node.js",
+            lib,
+            &relay.url(""),
+            KEY,
+            lib,
+            &BIG.to_string(),
+        ]);
+        let said = run_client(cmd, lib, &relay).await;
         assert_eq!(said["big_event_bytes"], BIG, "{said}");
         let n = i + 1;
-        let counts = || {
-            [
-                sim.rows("people").len(),
-                sim.rows("orders").len() / 2,
-                sim.api_events().len(),
-                sim.rows("page_views").len(),
-                sim.rows("screen_views").len(),
-                sim.rows("groups").len(),
-                sim.rows("aliases").len(),
-            ]
-        };
-        let start = std::time::Instant::now();
-        while counts() != [n; 7] {
-            assert!(
-                start.elapsed() < Duration::from_secs(30),
-                "{lib}: people, orders/2, journey events, page_views, screen_views, groups, aliases: {:?}, want {n} each\n{}",
-                counts(),
-                relay.log()
-            );
-            tokio::time::sleep(Duration::from_millis(20)).await;
-        }
-        let people = sim.rows("people");
-        let person = find(&people, "Contact Key", &format!("{lib}-1")).expect("person row");
-        assert_eq!(
-            person["values"]["Email"],
-            format!("{lib}-1@example.com"),
-            "{person}"
-        );
+        wait_for_landed(&sim, &relay, lib, support::SERVER_LIBRARY_CALLS, n).await;
+        assert_client_calls_landed(&sim, lib, 12.5, &format!("{lib}-big"), &format!("{lib}-2"));
+        let person = row(&sim, "people", "Contact Key", &format!("{lib}-1"));
         assert_eq!(person["values"]["First Name"], "Node", "{person}");
-        let orders = sim.rows("orders");
-        let order = find(&orders, "Order Id", &format!("{lib}-o1")).expect("order row");
-        assert_eq!(order["values"]["Revenue"], 12.5, "{order}");
-        let big = find(&orders, "Order Id", &format!("{lib}-big")).expect("the 32,700-byte event");
-        assert!(
-            big["values"]["Note"].as_str().unwrap().len() > 32_000,
-            "{lib}: the big event's note"
-        );
-        let journey = sim
-            .api_events()
-            .into_iter()
-            .find(|e| e["ContactKey"] == format!("{lib}-2"));
-        assert!(journey.is_some(), "{lib}: the Signed Up journey event");
-        let groups = sim.rows("groups");
-        let group = find(&groups, "Contact Key", &format!("{lib}-1")).expect("group row");
-        assert_eq!(group["values"]["Name"], "Acme", "{group}");
         assert!(
             sim.contacts()
                 .iter()
@@ -112,18 +59,8 @@ async fn segment_node_libraries_deliver_every_call_type_through_serve() {
         );
     }
     // Nothing refused or dead-lettered on the way.
-    let dead = tmp.path().join("spool.deadletter.ndjson");
-    assert!(
-        !dead.exists(),
-        "{}",
-        std::fs::read_to_string(&dead).unwrap_or_default()
-    );
-    let m = reqwest::get(relay.url("/metrics"))
-        .await
-        .unwrap()
-        .text()
-        .await
-        .unwrap();
+    relay.assert_nothing_dead_lettered(&tmp.path().join("spool"));
+    let m = relay.metrics().await;
     for line in [
         "sfmc_relay_events_received_total{type=\"track\"} 6",
         "sfmc_relay_events_received_total{type=\"identify\"} 2",

@@ -9,7 +9,10 @@ mod support;
 
 use std::process::Command;
 use std::time::Duration;
-use support::{KEY, Relay, client_rules, require, simulator};
+use support::{
+    KEY, Relay, assert_client_calls_landed, client_rules, require, run_client, simulator,
+    wait_for_landed,
+};
 
 const BIG: usize = 32_700;
 
@@ -119,80 +122,15 @@ async fn segment_python_library_delivers_through_serve() {
     std::fs::write(&script, SCRIPT).unwrap();
     for (i, mode) in ["plain", "gzip"].into_iter().enumerate() {
         let run = format!("py-{mode}");
-        let out = tokio::task::spawn_blocking({
-            let (script, host, run) = (script.clone(), relay.url(""), run.clone());
-            move || {
-                Command::new("python3")
-                    .arg(script)
-                    .args([&host, KEY, mode, &run, &BIG.to_string()])
-                    .output()
-                    .unwrap()
-            }
-        })
-        .await
-        .unwrap();
-        assert!(
-            out.status.success(),
-            "python client ({mode}) failed: {}\n{}",
-            String::from_utf8_lossy(&out.stderr),
-            relay.log()
-        );
-        let n = i + 1;
-        let counts = || {
-            [
-                sim.rows("people").len(),
-                sim.rows("orders").len() / 2,
-                sim.api_events().len(),
-                sim.rows("page_views").len(),
-                sim.rows("screen_views").len(),
-                sim.rows("groups").len(),
-                sim.rows("aliases").len(),
-            ]
-        };
-        let start = std::time::Instant::now();
-        while counts() != [n; 7] {
-            assert!(
-                start.elapsed() < Duration::from_secs(30),
-                "{mode}: people, orders/2, journey events, page_views, screen_views, groups, aliases: {:?}, want {n} each\n{}",
-                counts(),
-                relay.log()
-            );
-            tokio::time::sleep(Duration::from_millis(20)).await;
-        }
-        let find = |de: &str, key: &str, want: &str| {
-            sim.rows(de)
-                .into_iter()
-                .find(|r| r["keys"][key] == want)
-                .unwrap_or_else(|| panic!("{mode}: no {de} row with {key} = {want}"))
-        };
-        let order = find("orders", "Order Id", &format!("{run}-o1"));
-        assert_eq!(order["keys"]["Contact Key"], format!("{run}-1"), "{order}");
-        assert_eq!(order["values"]["Revenue"], 42.5, "{order}");
-        let big = find("orders", "Order Id", &format!("{run}-big"));
-        assert!(big["values"]["Note"].as_str().unwrap().len() > 32_000);
-        let person = find("people", "Contact Key", &format!("{run}-1"));
-        assert_eq!(
-            person["values"]["Email"],
-            format!("{run}-1@example.com"),
-            "{person}"
-        );
-        assert_eq!(
-            find("groups", "Contact Key", &format!("{run}-1"))["values"]["Name"],
-            "Acme"
-        );
-        assert!(
-            sim.api_events()
-                .iter()
-                .any(|e| e["ContactKey"] == format!("{run}-2")),
-            "{mode}: the Signed Up journey event"
-        );
+        let mut cmd = Command::new("python3");
+        cmd.arg(&script)
+            .args([&relay.url(""), KEY, mode, &run, &BIG.to_string()]);
+        let said = run_client(cmd, mode, &relay).await;
+        assert_eq!(said["big_event_bytes"], BIG, "{said}");
+        wait_for_landed(&sim, &relay, mode, support::SERVER_LIBRARY_CALLS, i + 1).await;
+        assert_client_calls_landed(&sim, &run, 42.5, &format!("{run}-big"), &format!("{run}-2"));
     }
-    let dead = tmp.path().join("spool.deadletter.ndjson");
-    assert!(
-        !dead.exists(),
-        "{}",
-        std::fs::read_to_string(&dead).unwrap_or_default()
-    );
+    relay.assert_nothing_dead_lettered(&tmp.path().join("spool"));
 
     // A wrong write key is refused; the library reports Segment's error code and message
     // (not "Unknown error").

@@ -254,3 +254,160 @@ pub fn node_packages(packages: &[&str]) -> Result<(), String> {
         Ok(_) => Ok(()),
     }
 }
+
+impl Relay {
+    /// `GET /metrics` (Prometheus text).
+    pub async fn metrics(&self) -> String {
+        reqwest::get(self.url("/metrics"))
+            .await
+            .unwrap()
+            .text()
+            .await
+            .unwrap()
+    }
+
+    /// `GET /metrics` once the spool is drained (completions follow SFMC's answers), or
+    /// after 10 s.
+    pub async fn metrics_when_idle(&self) -> String {
+        let mut m = String::new();
+        for _ in 0..200 {
+            m = self.metrics().await;
+            if m.contains("sfmc_relay_queue_depth 0") {
+                break;
+            }
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+        m
+    }
+
+    /// Fails with the file's contents when anything was dead-lettered (the dead-letter file
+    /// is next to the spool, as [`Relay::start`] sets it).
+    pub fn assert_nothing_dead_lettered(&self, spool: &Path) {
+        let dead = spool.with_extension("deadletter.ndjson");
+        assert!(
+            !dead.exists(),
+            "dead-lettered:\n{}",
+            std::fs::read_to_string(&dead).unwrap_or_default()
+        );
+    }
+}
+
+/// What one run of a server library's test script leaves in the simulator (for
+/// [`wait_for_landed`]): a person, two orders (one of them 32,700 bytes), a journey entry,
+/// a page view, a screen view, a group and an alias row.
+pub const SERVER_LIBRARY_CALLS: &[(&str, usize)] = &[
+    ("people", 1),
+    ("orders", 2),
+    ("journey", 1),
+    ("page_views", 1),
+    ("screen_views", 1),
+    ("groups", 1),
+    ("aliases", 1),
+];
+
+/// Wait (30 s at most) until the simulator holds `n` of each: `(data extension, rows per
+/// sender)`, or `("journey", events per sender)` for Journey API events. Fails with what
+/// is there and the relay's log.
+pub async fn wait_for_landed(
+    sim: &SimHandle,
+    relay: &Relay,
+    what: &str,
+    want: &[(&str, usize)],
+    n: usize,
+) {
+    let counts = || -> Vec<usize> {
+        want.iter()
+            .map(|(de, per)| {
+                let have = if *de == "journey" {
+                    sim.api_events().len()
+                } else {
+                    sim.rows(de).len()
+                };
+                have / per
+            })
+            .collect()
+    };
+    let start = Instant::now();
+    while counts().iter().any(|c| *c != n) {
+        assert!(
+            start.elapsed() < Duration::from_secs(30),
+            "{what}: {:?} of {want:?}, want {n} each\n{}",
+            counts(),
+            relay.log()
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
+
+/// The value of the sample `series` (`name{labels}` as written in /metrics).
+pub fn metric_value(metrics: &str, series: &str) -> u64 {
+    metrics
+        .lines()
+        .find_map(|l| l.strip_prefix(series)?.trim().parse().ok())
+        .unwrap_or_else(|| panic!("no {series} in:\n{metrics}"))
+}
+
+/// Run a client-library process (off the async threads); it must succeed and print one
+/// JSON line, which is returned. Fails with its output and the relay's log.
+pub async fn run_client(mut cmd: Command, what: &str, relay: &Relay) -> serde_json::Value {
+    let out = tokio::task::spawn_blocking(move || cmd.output().unwrap())
+        .await
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{what}: {}\n{}\nrelay:\n{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr),
+        relay.log()
+    );
+    serde_json::from_slice(&out.stdout).unwrap_or_else(|e| {
+        panic!(
+            "{what}: not one JSON line ({e}): {}",
+            String::from_utf8_lossy(&out.stdout)
+        )
+    })
+}
+
+/// The simulator's row of data extension `de` whose key `key` is `want`.
+pub fn row(sim: &SimHandle, de: &str, key: &str, want: &str) -> serde_json::Value {
+    sim.rows(de)
+        .into_iter()
+        .find(|r| r["keys"][key] == want)
+        .unwrap_or_else(|| panic!("no {de} row with {key} = {want} in {:?}", sim.rows(de)))
+}
+
+/// What every client-library test sends, landed (see [`client_rules`]): the person
+/// `{run}-1` with its email, the order `{run}-o1` of `{run}-1` with `revenue`, the big
+/// order `big_order` (its note over 30,000 characters), the group row of `{run}-1`, and a
+/// journey entry for `journey_contact`.
+pub fn assert_client_calls_landed(
+    sim: &SimHandle,
+    run: &str,
+    revenue: f64,
+    big_order: &str,
+    journey_contact: &str,
+) {
+    let person = row(sim, "people", "Contact Key", &format!("{run}-1"));
+    assert_eq!(
+        person["values"]["Email"],
+        format!("{run}-1@example.com"),
+        "{person}"
+    );
+    let order = row(sim, "orders", "Order Id", &format!("{run}-o1"));
+    assert_eq!(order["keys"]["Contact Key"], format!("{run}-1"), "{order}");
+    assert_eq!(order["values"]["Revenue"], revenue, "{order}");
+    let big = row(sim, "orders", "Order Id", big_order);
+    assert!(
+        big["values"]["Note"].as_str().unwrap().len() > 30_000,
+        "{run}: the big event"
+    );
+    let group = row(sim, "groups", "Contact Key", &format!("{run}-1"));
+    assert_eq!(group["values"]["Name"], "Acme", "{group}");
+    assert!(
+        sim.api_events()
+            .iter()
+            .any(|e| e["ContactKey"] == journey_contact),
+        "{run}: the Signed Up journey event for {journey_contact}: {:?}",
+        sim.api_events()
+    );
+}

@@ -69,7 +69,7 @@ fn main() {
     let lines: Vec<String> = (0..n).map(|i| corpus::event(&cfg, i).to_string()).collect();
     let avg = lines.iter().map(String::len).sum::<usize>() / lines.len();
     let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("examples/ecommerce/rules");
-    let program = rules::load(Some(&dir), &rules::process_env, 1)
+    let program = rules::load(Some(&dir), &sfmc_relay::env::Env::process(), 1)
         .expect("rules")
         .program;
     let threads = std::thread::available_parallelism()

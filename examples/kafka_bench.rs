@@ -89,7 +89,7 @@ async fn main() -> anyhow::Result<()> {
     let program = Arc::new(
         rules::load(
             Some(&root.join("examples/ecommerce/rules")),
-            &|_: &str| None,
+            &sfmc_relay::env::Env::empty(),
             1,
         )
         .map_err(|e| anyhow::anyhow!("rules: {e:?}"))?
@@ -126,7 +126,8 @@ async fn main() -> anyhow::Result<()> {
                 flush_timeout: Duration::from_secs(10),
                 max_in_flight: consume::DEFAULT_MAX_IN_FLIGHT,
                 dedup_window: consume::DEFAULT_DEDUP_WINDOW,
-                env: Arc::new(move |k: &str| env.get(k).cloned()),
+                env: env.into(),
+                state_dir: None,
                 shutdown: Box::pin(async move {
                     let _ = rx.await;
                 }),

@@ -11,7 +11,8 @@
 #
 # Seed corpora are committed under fuzz/corpus/<target>/; new inputs that grow coverage
 # go to fuzz/corpus-new/<target>/ (ignored by git) so the committed seeds stay small.
-# A crash is saved under fuzz/artifacts/<target>/; add it as a regression test in tests/.
+# A crash is saved under fuzz/artifacts/<target>/; add it as a regression test in tests/it/
+# (e.g. security::fuzz_regressions).
 # Not run by .ci/run (too slow).
 set -euo pipefail
 cd "$(dirname "$0")/../fuzz"

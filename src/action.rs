@@ -37,6 +37,33 @@ pub struct Call {
 
 pub const CONTACTS_PATH: &str = "/contacts/v1/contacts";
 pub const EVENTS_PATH: &str = "/interaction/v1/events";
+/// `POST`: create or find many contacts in one call (see `sfmc::bulk`).
+pub const ESTABLISH_PATH: &str = "/contacts/v1/establish";
+/// `POST`: up to 100 journey entries of one event definition in one call.
+pub const ASYNC_EVENTS_PATH: &str = "/interaction/v1/async/events";
+
+/// `/data/v1/async/dataextensions/key:{key}/rows` (`PUT` upserts), the key
+/// percent-encoded as a path segment.
+pub fn async_rows_path(data_extension: &str) -> String {
+    format!(
+        "/data/v1/async/dataextensions/key:{}/rows",
+        encode_segment(data_extension)
+    )
+}
+
+/// `/data/v1/async/{requestId}/status` (`GET`).
+pub fn async_status_path(request_id: &str) -> String {
+    format!("/data/v1/async/{}/status", encode_segment(request_id))
+}
+
+/// `/data/v1/async/{requestId}/results?$page={page}&$pageSize={page_size}` (`GET`;
+/// pages count from 1).
+pub fn async_results_path(request_id: &str, page: usize, page_size: usize) -> String {
+    format!(
+        "/data/v1/async/{}/results?$page={page}&$pageSize={page_size}",
+        encode_segment(request_id)
+    )
+}
 
 /// `/hub/v1/dataevents/key:{key}/rowset`, with the key percent-encoded as a path segment.
 pub fn rowset_path(data_extension: &str) -> String {
@@ -193,6 +220,18 @@ mod tests {
         assert_eq!(
             rowset_path("my de/x"),
             "/hub/v1/dataevents/key:my%20de%2Fx/rowset"
+        );
+        assert_eq!(
+            async_rows_path("my de/x"),
+            "/data/v1/async/dataextensions/key:my%20de%2Fx/rows"
+        );
+        assert_eq!(
+            async_status_path("0f1e-2d"),
+            "/data/v1/async/0f1e-2d/status"
+        );
+        assert_eq!(
+            async_results_path("0f1e-2d", 2, 500),
+            "/data/v1/async/0f1e-2d/results?$page=2&$pageSize=500"
         );
     }
 }

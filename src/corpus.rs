@@ -6,6 +6,7 @@
 
 use serde_json::{Value, json};
 use std::io::Write;
+use std::path::Path;
 
 pub struct CorpusConfig {
     pub events: u64,
@@ -120,4 +121,20 @@ pub fn write(cfg: &CorpusConfig, out: &mut impl Write) -> std::io::Result<()> {
         out.write_all(b"\n")?;
     }
     out.flush()
+}
+
+/// `sfmc-relay corpus`: write the corpus to `path` (created or truncated), or to stdout.
+/// A reader that stops early (a closed pipe: `corpus | head`) is not an error.
+pub fn write_to(cfg: &CorpusConfig, path: Option<&Path>) -> std::io::Result<()> {
+    let sink: Box<dyn Write> = match path {
+        None => Box::new(std::io::stdout().lock()),
+        Some(p) => Box::new(std::fs::File::create(p).map_err(|e| {
+            std::io::Error::new(e.kind(), format!("cannot create {}: {e}", p.display()))
+        })?),
+    };
+    let mut out = std::io::BufWriter::with_capacity(256 * 1024, sink);
+    match write(cfg, &mut out).and_then(|()| out.flush()) {
+        Err(e) if e.kind() == std::io::ErrorKind::BrokenPipe => Ok(()),
+        other => other,
+    }
 }

@@ -1,5 +1,6 @@
 //! Segment events: reading NDJSON lines into events.
 
+use crate::source::Origin;
 use crate::view::Val;
 use serde_json::Value;
 
@@ -11,14 +12,19 @@ pub enum Line {
     Invalid(String),
 }
 
-/// Parse one NDJSON line (`line_no` is 0-based, for messages).
+/// Parse one NDJSON line (`line_no` is 0-based; messages say the 1-based line).
 pub fn parse_line(text: &str, line_no: u64) -> Line {
-    parse_line_envelope(text, line_no).0
+    parse_line_at(text, &Origin::line_index(line_no)).0
 }
 
 /// [`parse_line`], also telling whether the line was a `{"batch":[...]}` envelope (when
 /// it was not, the line's text is the text of its one event).
 pub fn parse_line_envelope(text: &str, line_no: u64) -> (Line, bool) {
+    parse_line_at(text, &Origin::line_index(line_no))
+}
+
+/// [`parse_line_envelope`] for a record from anywhere: messages start with `at`.
+pub fn parse_line_at(text: &str, at: &Origin) -> (Line, bool) {
     let t = text.trim();
     if t.is_empty() {
         return (Line::Blank, false);
@@ -29,15 +35,15 @@ pub fn parse_line_envelope(text: &str, line_no: u64) -> (Line, bool) {
                 return (
                     match obj.remove("batch") {
                         Some(Value::Array(batch)) => Line::Events(batch),
-                        _ => Line::Invalid(bad_batch(line_no)),
+                        _ => Line::Invalid(bad_batch(at)),
                     },
                     true,
                 );
             }
             Line::Events(vec![Value::Object(obj)])
         }
-        Ok(other) => Line::Invalid(not_an_object(line_no, Val::from_value(&other).type_name())),
-        Err(e) => Line::Invalid(invalid_json(line_no, &e)),
+        Ok(other) => Line::Invalid(not_an_object(at, Val::from_value(&other).type_name())),
+        Err(e) => Line::Invalid(invalid_json(at, &e)),
     };
     (line, false)
 }
@@ -52,6 +58,11 @@ pub enum LineView<'a> {
 
 /// [`parse_line_envelope`] into views borrowing from `text`.
 pub fn parse_line_view(text: &str, line_no: u64) -> (LineView<'_>, bool) {
+    parse_view_at(text, &Origin::line_index(line_no))
+}
+
+/// [`parse_line_view`] for a record from anywhere: messages start with `at`.
+pub fn parse_view_at<'a>(text: &'a str, at: &Origin) -> (LineView<'a>, bool) {
     let t = text.trim();
     if t.is_empty() {
         return (LineView::Blank, false);
@@ -62,32 +73,34 @@ pub fn parse_line_view(text: &str, line_no: u64) -> (LineView<'_>, bool) {
                 return (
                     match obj.remove("batch") {
                         Some(Val::Arr(batch)) => LineView::Events(batch),
-                        _ => LineView::Invalid(bad_batch(line_no)),
+                        _ => LineView::Invalid(bad_batch(at)),
                     },
                     true,
                 );
             }
             LineView::Events(vec![Val::Obj(obj)])
         }
-        Ok(other) => LineView::Invalid(not_an_object(line_no, other.type_name())),
-        Err(e) => LineView::Invalid(invalid_json(line_no, &e)),
+        Ok(other) => LineView::Invalid(not_an_object(at, other.type_name())),
+        Err(e) => LineView::Invalid(invalid_json(at, &e)),
     };
     (line, false)
 }
 
-fn bad_batch(line_no: u64) -> String {
-    format!("line {}: \"batch\" must be an array of events", line_no + 1)
+fn bad_batch(at: &Origin) -> String {
+    format!("{at}: \"batch\" must be an array of events")
 }
 
-fn not_an_object(line_no: u64, found: &str) -> String {
-    format!(
-        "line {}: expected a JSON object (an event or {{\"batch\":[...]}}), found {found}",
-        line_no + 1,
-    )
+fn not_an_object(at: &Origin, found: &str) -> String {
+    format!("{at}: expected a JSON object (an event or {{\"batch\":[...]}}), found {found}")
 }
 
-fn invalid_json(line_no: u64, e: &serde_json::Error) -> String {
-    format!("line {}: invalid JSON: {e}", line_no + 1)
+fn invalid_json(at: &Origin, e: &serde_json::Error) -> String {
+    format!("{at}: invalid JSON: {e}")
+}
+
+/// The reason a record that is not UTF-8 text is rejected.
+pub fn not_utf8_reason(at: &Origin, e: std::str::Utf8Error) -> String {
+    format!("{at}: not UTF-8 text: {e}")
 }
 
 /// A string field of an event, if present and a string.
@@ -162,12 +175,14 @@ pub fn read_line_limited<R: std::io::BufRead + ?Sized>(
     Ok(ReadLine::Line)
 }
 
-/// The reason a too-long line is rejected.
+/// The reason a too-long line is rejected (`line_no` 0-based).
 pub fn too_long_reason(line_no: u64, len: u64) -> String {
-    format!(
-        "line {}: line is {len} bytes long; the limit is {MAX_LINE_BYTES} bytes (1 MiB) per line",
-        line_no + 1
-    )
+    too_long_reason_at(&Origin::line_index(line_no), len)
+}
+
+/// The reason a too-long record is rejected.
+pub fn too_long_reason_at(at: &Origin, len: u64) -> String {
+    format!("{at}: {len} bytes long; the limit is {MAX_LINE_BYTES} bytes (1 MiB) per line")
 }
 
 /// The start of a too-long line, for a dead letter (the whole line is not kept).

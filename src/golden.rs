@@ -14,9 +14,10 @@
 //! Used by `sfmc-relay test` and by the project's own `tests/golden.rs`.
 
 use crate::commands::transform;
+use crate::env::Env;
 use crate::rules::{self, SourceFile};
+use crate::source::lines::LineReader;
 use std::collections::HashMap;
-use std::io::BufReader;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
@@ -96,7 +97,7 @@ pub fn actual_output(default_rules: Option<&Path>, dir: &Path) -> Result<String,
         default_rules
     };
     let env = read_env(dir);
-    let lookup = |name: &str| env.get(name).cloned().or_else(|| rules::process_env(name));
+    let lookup = Env::process().with_overrides(env);
     let files: Vec<SourceFile> = match rules_dir {
         Some(d) => rules::read_dir(d).map_err(|e| e.to_string())?,
         None => rules::embedded_sources(),
@@ -105,7 +106,7 @@ pub fn actual_output(default_rules: Option<&Path>, dir: &Path) -> Result<String,
     let program = Arc::new(loaded.program);
     let input = std::fs::File::open(dir.join("input.ndjson")).map_err(|e| e.to_string())?;
     let mut out = Vec::new();
-    transform::run(&mut BufReader::new(input), &mut out, &mut || {
+    transform::run(&mut LineReader::new(input), &mut out, &mut || {
         program.clone()
     })
     .map_err(|e| e.to_string())?;

@@ -3,10 +3,15 @@
 //! See `docs/architecture.md` for what lives where.
 
 pub mod action;
+pub mod cli;
 pub mod commands;
 pub mod corpus;
+pub mod defaults;
+pub mod env;
 pub mod event;
+pub mod exit;
 pub mod golden;
+pub mod pipeline;
 pub mod rules;
 pub mod sfmc;
 pub mod sim;

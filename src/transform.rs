@@ -4,7 +4,7 @@
 
 use crate::action::{Action, Fields};
 use crate::rules::dates;
-use crate::rules::program::{EventKind, Mapping, Nested, Nulls, PrimaryKey, Program};
+use crate::rules::program::{DataField, EventKind, Mapping, Nested, Nulls, PrimaryKey, Program};
 use crate::view::{Doc, Obj, Val};
 use serde_json::Value;
 use std::borrow::Cow;
@@ -405,7 +405,8 @@ fn build(p: &Program, plan: Plan, event: &Doc, tr: &mut Trace) -> Result<Vec<Act
                 data_extension: de.clone(),
                 keys: format!("Contact Key = {ck:?}"),
             });
-            let values = next_values(p.identify.include_context);
+            let mut values = next_values(p.identify.include_context);
+            keys_in_empty_values(&keys, &mut values);
             actions.push(Action::UpsertRow {
                 data_extension: de.clone(),
                 keys,
@@ -415,7 +416,7 @@ fn build(p: &Program, plan: Plan, event: &Doc, tr: &mut Trace) -> Result<Vec<Act
     }
     for m in mappings {
         if let Some(de) = &m.data_extension {
-            let values = next_values(m.include_context);
+            let mut values = next_values(m.include_context);
             let mut keys = Fields::default();
             match &m.primary_key {
                 PrimaryKey::Uuid => match &message_id {
@@ -457,6 +458,7 @@ fn build(p: &Program, plan: Plan, event: &Doc, tr: &mut Trace) -> Result<Vec<Act
                     }
                 }
             }
+            keys_in_empty_values(&keys, &mut values);
             tr.note(|| Note::PrimaryKey {
                 data_extension: de.clone(),
                 keys: keys
@@ -473,14 +475,60 @@ fn build(p: &Program, plan: Plan, event: &Doc, tr: &mut Trace) -> Result<Vec<Act
         }
         if let Some(def) = &m.api_event {
             let ck = require_ck(&format!("API event {def:?}"))?;
+            let all = next_values(false);
+            let data = match &m.data {
+                None => all,
+                Some(list) => allow_listed(all, list, def, tr),
+            };
             actions.push(Action::ApiEvent {
                 contact_key: ck,
                 definition_key: def.clone(),
-                data: next_values(false),
+                data,
             });
         }
     }
     Ok(actions)
+}
+
+/// SFMC refuses a row whose `values` hold no column of the data extension ("At least one
+/// existing field is required in the values property"; keys do not count), and in a
+/// rowset such a row also fails every row after it. A row with nothing to set (no traits
+/// or properties, no context columns) repeats its primary-key columns in `values`: they
+/// are columns of the data extension, so the row still upserts its key.
+fn keys_in_empty_values(keys: &Fields, values: &mut Fields) {
+    if values.is_empty() {
+        values.extend(keys.iter().map(|(k, v)| (k.clone(), v.clone())));
+    }
+}
+
+/// An API event's `Data`: only the listed columns, in list order, renamed; a column the
+/// event does not have is left out. SFMC refuses `Data` fields the event's data
+/// extension does not have.
+fn allow_listed(mut all: Fields, list: &[DataField], def: &str, tr: &mut Trace) -> Fields {
+    let mut data = Fields::with_capacity_and_hasher(list.len(), Default::default());
+    for f in list {
+        let index = all
+            .get_index_of(&f.column)
+            .or_else(|| all.keys().position(|k| k.eq_ignore_ascii_case(&f.column)));
+        if let Some((column, v)) = index.and_then(|i| all.shift_remove_index(i)) {
+            if tr.on() && column != f.field {
+                tr.note(|| Note::Renamed {
+                    from: column.clone(),
+                    to: f.field.clone(),
+                });
+            }
+            data.insert(f.field.clone(), v);
+        }
+    }
+    if tr.on() {
+        for column in all.keys() {
+            tr.note(|| Note::Dropped {
+                key: column.clone(),
+                why: format!("not in the `data` list of API event {def:?}"),
+            });
+        }
+    }
+    data
 }
 
 fn mapping_matches(
@@ -735,7 +783,7 @@ mod tests {
             name: "r.yaml".into(),
             text: "track:\n  - event: E\n    data_extension: d\n".into(),
         }];
-        let p = rules::compile_sources(&files, &|_| None, 1)
+        let p = rules::compile_sources(&files, &crate::env::Env::empty(), 1)
             .unwrap()
             .program;
         let ev = json!({"type":"track","event":"E","userId":"u",

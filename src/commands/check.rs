@@ -4,6 +4,7 @@
 //! what was expected, plus warnings about likely mistakes (see `rules::lint`). Valid means
 //! no errors; warnings are allowed.
 
+use crate::env::Env;
 use crate::rules::{self, Diagnostic, Severity, SourceFile, lint};
 use serde::Serialize;
 use std::io::Write;
@@ -47,7 +48,7 @@ impl From<&Diagnostic> for Entry {
 }
 
 /// Check `dir` (`None`: the embedded default rules) with `env` for `${ENV}` values.
-pub fn check(dir: Option<&Path>, env: rules::EnvLookup) -> CheckReport {
+pub fn check(dir: Option<&Path>, env: &Env) -> CheckReport {
     let files: Vec<SourceFile> = match dir {
         Some(d) => match rules::read_dir(d) {
             Ok(f) => f,

@@ -9,20 +9,11 @@
 //! `flush_timeout` to finish; what is left is not committed and is read again by the new
 //! owner.
 
-use crate::action::Action;
-use crate::commands::run::{self, EnvSource, RuleSource, RunError, RunSummary};
-use crate::event::{Line, parse_line};
-use crate::sfmc::deadletter::DeadLetters;
-use crate::sfmc::sink::{Completion, Counters, Sink};
-use crate::source::kafka::{
-    ConsumeStats, ConsumerCtx, DEAD_LETTER_FLUSH, DeadLetterTopic, Flow, PartitionId, SeenIds,
-    Tracker, dead_letters_flushed, offsets_list,
-};
-use crate::transform::{Outcome, Trace, transform};
+use crate::pipeline::{Env, Pipeline, PipelineOptions, RuleSource, RunError, RunSummary};
+use crate::source::Framing;
+use crate::source::kafka::{ConsumeStats, DEAD_LETTER_FLUSH, DeadLetterTopic, Flow};
+use crate::source::kafka_source::KafkaSource;
 use rdkafka::ClientConfig;
-use rdkafka::Message;
-use rdkafka::consumer::{CommitMode, Consumer, StreamConsumer};
-use serde_json::Value;
 use std::future::Future;
 use std::path::PathBuf;
 use std::pin::Pin;
@@ -52,7 +43,10 @@ pub struct ConsumeOptions {
     /// Drop a Journey Builder API event whose messageId was among the last this many
     /// (0: off).
     pub dedup_window: usize,
-    pub env: EnvSource,
+    pub env: Env,
+    /// Where state kept across runs lives (Contact Keys known to exist); `None`: the
+    /// dead-letter file's directory.
+    pub state_dir: Option<PathBuf>,
     /// When to stop (then: no more reading, flush, commit, leave the group).
     pub shutdown: Shutdown,
     /// Counters, readable while it runs.
@@ -60,16 +54,12 @@ pub struct ConsumeOptions {
 }
 
 /// Default of `--max-in-flight` (events).
-pub const DEFAULT_MAX_IN_FLIGHT: usize = 10_000;
+pub const DEFAULT_MAX_IN_FLIGHT: usize = crate::defaults::CONSUME_MAX_IN_FLIGHT;
 
 /// Default of `--dedup-window` (message ids).
-pub const DEFAULT_DEDUP_WINDOW: usize = 100_000;
+pub const DEFAULT_DEDUP_WINDOW: usize = crate::defaults::DEDUP_WINDOW;
 
-/// Settings the relay's guarantees depend on (not overridable).
-pub const FORCED: &[(&str, &str)] = &[
-    ("enable.auto.commit", "false"),
-    ("enable.auto.offset.store", "false"),
-];
+pub use crate::source::kafka_source::FORCED;
 
 /// Defaults (overridable by the settings file and the environment). The prefetch bounds
 /// keep memory bounded while partitions are paused (librdkafka's defaults allow 64 MB of
@@ -82,103 +72,8 @@ pub const DEFAULTS: &[(&str, &str)] = &[
     ("fetch.max.bytes", "8388608"),
 ];
 
-enum Item {
-    Event(Value, Outcome),
-    Invalid(Value, String),
-}
-
-/// What one message holds, transformed with `program`.
-fn items(program: &crate::rules::Program, payload: Option<&[u8]>, at: &str) -> Vec<Item> {
-    let Some(bytes) = payload else {
-        return vec![Item::Invalid(
-            Value::Null,
-            format!("{at}: empty message (no payload)"),
-        )];
-    };
-    let text = match std::str::from_utf8(bytes) {
-        Ok(t) => t,
-        Err(e) => {
-            return vec![Item::Invalid(
-                Value::String(String::from_utf8_lossy(bytes).into_owned()),
-                format!("{at}: not UTF-8 text: {e}"),
-            )];
-        }
-    };
-    match parse_line(text, 0) {
-        Line::Blank => vec![],
-        Line::Invalid(reason) => {
-            // parse_line says "line 1: ..."; say where in Kafka instead.
-            let reason = reason.strip_prefix("line 1: ").unwrap_or(&reason);
-            vec![Item::Invalid(
-                Value::String(text.trim_end().to_string()),
-                format!("{at}: {reason}"),
-            )]
-        }
-        Line::Events(events) => events
-            .into_iter()
-            .map(|ev| {
-                let outcome = transform(program, &ev, &mut Trace::off());
-                Item::Event(ev, outcome)
-            })
-            .collect(),
-    }
-}
-
-/// Commit the completed offsets. With a dead-letter topic, its records are flushed
-/// first: an offset is committed only once the dead letters of the messages before it
-/// were acknowledged (or failed after librdkafka's retries; the file has them either way).
-fn commit(
-    consumer: &StreamConsumer<ConsumerCtx>,
-    tracker: &Tracker,
-    dead_topic: Option<&DeadLetterTopic>,
-    mode: CommitMode,
-) {
-    let commits = tracker.lock().take_commits(None);
-    if commits.is_empty() {
-        return;
-    }
-    if !dead_letters_flushed(dead_topic) {
-        let mut g = tracker.lock();
-        for (id, _) in &commits {
-            g.commit_failed(id);
-        }
-        return;
-    }
-    tracing::debug!("kafka: committing {commits:?}");
-    if let Err(e) = consumer.commit(&offsets_list(&commits), mode) {
-        tracing::warn!("kafka: offset commit failed (retried): {e}");
-        let mut g = tracker.lock();
-        for (id, _) in &commits {
-            g.commit_failed(id);
-        }
-    }
-}
-
-/// Drop the API events of an event whose messageId was seen within the window (a
-/// redelivery); rows and contacts stay (idempotent). Returns how many were dropped.
-fn drop_duplicate_api_events(seen: &mut SeenIds, event: &Value, actions: &mut Vec<Action>) -> u64 {
-    let is_api = |a: &Action| matches!(a, Action::ApiEvent { .. });
-    if !actions.iter().any(is_api) {
-        return 0;
-    }
-    let Some(id) = event.get("messageId").and_then(Value::as_str) else {
-        return 0;
-    };
-    if seen.first_time(id) {
-        return 0;
-    }
-    let before = actions.len();
-    actions.retain(|a| !is_api(a));
-    (before - actions.len()) as u64
-}
-
-/// What a dropped duplicate is counted as when nothing else is left of the event.
-const DUPLICATE_REASON: &str = "duplicate messageId: API event already sent (--dedup-window)";
-
 /// Consume until `opts.shutdown` resolves, then flush what is in flight and commit it.
 pub async fn consume(rules: RuleSource, opts: ConsumeOptions) -> Result<RunSummary, RunError> {
-    let program = rules();
-    let target = run::target(&program, &opts.env, opts.requests_per_second).await?;
     let stats = opts.stats.clone();
     let dead_topic = match &opts.dead_letter_topic {
         Some(t) => Some(Arc::new(
@@ -186,139 +81,62 @@ pub async fn consume(rules: RuleSource, opts: ConsumeOptions) -> Result<RunSumma
         )),
         None => None,
     };
-    let mut dead = DeadLetters::new(&opts.dead_letter);
+    let mut p = PipelineOptions::new(Framing::Ndjson, opts.dead_letter.clone(), opts.env.clone());
+    p.durable = true;
+    p.requests_per_second = opts.requests_per_second;
+    p.dedup_window = opts.dedup_window;
+    p.unit = "messages";
+    // On stop, what was read is delivered for up to this long; the rest is not committed.
+    p.drain_timeout = Some(Duration::from_secs(crate::defaults::DRAIN_TIMEOUT_SECS));
+    p.state_dir = opts.state_dir.clone();
     if let Some(t) = &dead_topic {
         let t = t.clone();
-        dead = dead.with_tee(Box::new(move |event, record| t.send(event, record)));
+        p.dead_letter_tee = Some(Box::new(move |event, record| t.send(event, record)));
     }
-    let counters = Arc::new(Counters::default());
-    let mut sink = Sink::new(
-        target.client.clone(),
-        run::sink_config(&program),
-        Arc::new(dead),
-        counters.clone(),
-    );
-
-    let tracker = Arc::new(Tracker::default());
-    let mut config = opts.kafka.clone();
-    for (k, v) in FORCED {
-        config.set(*k, *v);
-    }
-    let consumer: StreamConsumer<ConsumerCtx> = config
-        .create_with_context(ConsumerCtx {
-            tracker: tracker.clone(),
-            flush_timeout: opts.flush_timeout,
-            stats: stats.clone(),
-            dead_topic: dead_topic.clone(),
-        })
-        .map_err(|e| RunError::Config(format!("Kafka consumer: {e}")))?;
-    consumer
-        .subscribe(&[opts.topic.as_str()])
-        .map_err(|e| RunError::Config(format!("subscribing to {}: {e}", opts.topic)))?;
+    let pipeline = Pipeline::start(rules, p).await?;
+    let source = KafkaSource::subscribe(
+        &opts.kafka,
+        &opts.topic,
+        opts.max_in_flight,
+        opts.commit_interval,
+        opts.flush_timeout,
+        stats.clone(),
+        dead_topic.clone(),
+    )?;
     tracing::info!(
         "kafka: consuming {} as group {} (rules {})",
         opts.topic,
-        config.get("group.id").unwrap_or("?"),
-        program.version
+        opts.kafka.get("group.id").unwrap_or("?"),
+        pipeline.program().version
     );
-
-    let mut summary = RunSummary {
-        rules_version: program.version.clone(),
-        dead_letter_path: opts.dead_letter.clone(),
-        ..Default::default()
-    };
-    let flow = Flow::new(opts.max_in_flight);
-    let mut seen = SeenIds::new(opts.dedup_window);
+    // One signal stops both the reading and the pipeline. Both run inside this future
+    // (not as spawned tasks), so dropping it drops the consumer: it leaves the group.
+    let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
+    let (done_tx, done_rx) = tokio::sync::oneshot::channel::<()>();
     let mut shutdown = opts.shutdown;
-    let mut tick = tokio::time::interval(opts.commit_interval);
-    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
-    loop {
-        flow.update(&consumer, &stats);
-        let paused = stats.paused.load(Ordering::Acquire);
-        let msg = tokio::select! {
-            biased;
+    let signal = async move {
+        tokio::select! {
             _ = &mut shutdown => {
-                summary.interrupted = true;
                 eprintln!("sfmc-relay: stopping: no more messages are read; flushing what is in flight");
-                break;
+                let _ = stop_tx.send(true);
             }
-            _ = tick.tick() => {
-                commit(&consumer, &tracker, dead_topic.as_deref(), CommitMode::Async);
-                continue;
-            }
-            _ = stats.drained.notified(), if paused => continue,
-            // Polled while paused too: rebalances and the group session are served here.
-            msg = consumer.recv() => msg,
-        };
-        let (id, offset, program, items) = match msg {
-            Err(e) => {
-                tracing::warn!("kafka: {e}");
-                tokio::time::sleep(Duration::from_millis(100)).await;
-                continue;
-            }
-            Ok(m) => {
-                let id: PartitionId = (m.topic().to_string(), m.partition());
-                let at = format!("{}[{}]@{}", id.0, id.1, m.offset());
-                let program = rules();
-                let items = items(&program, m.payload(), &at);
-                (id, m.offset(), program, items)
-            }
-        };
-        stats.messages.fetch_add(1, Ordering::Relaxed);
-        let version: Arc<str> = Arc::from(program.version.as_str());
-        summary.lines += 1;
-        summary.events += items.len() as u64;
-        let mut items = items;
-        for item in items.iter_mut() {
-            if let Item::Event(event, Outcome::Actions(actions)) = item {
-                let dropped = drop_duplicate_api_events(&mut seen, event, actions);
-                stats
-                    .duplicates_dropped
-                    .fetch_add(dropped, Ordering::Relaxed);
-            }
+            _ = done_rx => {}
         }
-        let pending = items
-            .iter()
-            .filter(|i| matches!(i, Item::Event(_, Outcome::Actions(a)) if !a.is_empty()))
-            .count();
-        let generation = tracker.lock().begin(&id, offset, pending);
-        let line = offset.max(0) as u64;
-        for item in items {
-            match item {
-                Item::Invalid(raw, reason) => sink.reject(line, &version, &raw, &reason),
-                Item::Event(_, Outcome::Skipped(reason)) => {
-                    summary.skipped += 1;
-                    *summary.skip_reasons.entry(reason).or_insert(0) += 1;
-                }
-                Item::Event(_, Outcome::Actions(actions)) if actions.is_empty() => {
-                    summary.skipped += 1;
-                    *summary
-                        .skip_reasons
-                        .entry(DUPLICATE_REASON.to_string())
-                        .or_insert(0) += 1;
-                }
-                Item::Event(event, Outcome::Rejected(reason)) => {
-                    sink.reject(line, &version, &event, &reason)
-                }
-                Item::Event(event, Outcome::Actions(actions)) => {
-                    let (t, id, s) = (tracker.clone(), id.clone(), stats.clone());
-                    let low = flow.low;
-                    let done: Completion = Box::new(move |_| {
-                        t.complete(&id, generation, offset);
-                        s.event_ended(low);
-                    });
-                    stats.event_started();
-                    sink.submit_with(line, version.clone(), Arc::new(event), actions, Some(done))
-                        .await;
-                }
-            }
-        }
-    }
-    let finish = sink.finish().await;
-    commit(&consumer, &tracker, dead_topic.as_deref(), CommitMode::Sync);
-    // Leave the group now (not at the end of the process) so the others take over at once.
-    consumer.unsubscribe();
-    drop(consumer);
+    };
+    let wait = |mut rx: tokio::sync::watch::Receiver<bool>| async move {
+        let _ = rx.wait_for(|s| *s).await;
+    };
+    let reading = source.read_into(pipeline.feeder(), wait(stop_rx.clone()));
+    let outcomes = pipeline.outcomes();
+    let delivering = async move {
+        let r = pipeline.run(wait(stop_rx)).await;
+        let _ = done_tx.send(());
+        r
+    };
+    let ((), source, summary) = tokio::join!(signal, reading, delivering);
+    let mut summary = summary?;
+    let flow = Flow::new(source.flow().high);
+    source.close();
     if let Some(t) = &dead_topic
         && !t.flush(DEAD_LETTER_FLUSH)
     {
@@ -327,18 +145,16 @@ pub async fn consume(rules: RuleSource, opts: ConsumeOptions) -> Result<RunSumma
             t.pending()
         );
     }
-    run::add_delivery_stats(&mut summary, &counters, &target.client);
+    summary.lines = stats.messages.load(Ordering::Relaxed);
+    stats
+        .duplicates_dropped
+        .store(outcomes.duplicates(), Ordering::Relaxed);
     summary.notes.push(notes(
         &stats,
         &flow,
         opts.dedup_window,
         opts.dead_letter_topic.as_deref(),
     ));
-    if let Some(sim) = target.sim {
-        summary.simulator_report = Some(sim.summary_text());
-        sim.shutdown().await;
-    }
-    finish.map_err(|e| RunError::Io(format!("dead-letter file: {e}")))?;
     Ok(summary)
 }
 

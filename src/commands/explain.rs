@@ -4,33 +4,25 @@
 //! why, every key renamed, every value dropped (nested, null, collision) and why, the
 //! primary key, and the SFMC calls produced (or the skip/reject reason).
 
-use crate::event::{
-    Line, MAX_LINE_BYTES, ReadLine, parse_line, read_line_limited, too_long_reason,
-};
+use crate::event::{Line, parse_line_at};
 use crate::rules::Program;
+use crate::source::lines::LineReader;
 use crate::transform::{Note, Outcome, Trace, transform};
 use serde_json::Value;
-use std::io::{BufReader, Read, Write};
+use std::io::{Read, Write};
 
 /// Explain every event of `input`; returns the number of events.
 pub fn run<R: Read>(
-    input: &mut BufReader<R>,
+    input: &mut LineReader<R>,
     out: &mut dyn Write,
     program: &Program,
 ) -> std::io::Result<u64> {
-    let mut bytes = Vec::new();
-    let mut line_no: u64 = 0;
     let mut events = 0;
-    loop {
-        let read = read_line_limited(input, &mut bytes, MAX_LINE_BYTES)?;
-        if read == ReadLine::Eof {
-            break;
-        }
-        line_no += 1;
-        let parsed = match (read, std::str::from_utf8(&bytes)) {
-            (ReadLine::TooLong { len }, _) => Line::Invalid(too_long_reason(line_no - 1, len)),
-            (_, Err(e)) => Line::Invalid(format!("line {line_no}: not UTF-8 text: {e}")),
-            (_, Ok(text)) => parse_line(text, line_no - 1),
+    while let Some(line) = input.next_line()? {
+        let line_no = line.number;
+        let parsed = match line.text() {
+            Err(rejected) => Line::Invalid(rejected.reason),
+            Ok(text) => parse_line_at(text, &line.origin()).0,
         };
         match parsed {
             Line::Blank => {}
@@ -51,7 +43,7 @@ pub fn run<R: Read>(
                 }
             }
         }
-        if input.buffer().is_empty() {
+        if input.caught_up() {
             out.flush()?;
         }
     }

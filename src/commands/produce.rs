@@ -3,13 +3,13 @@
 //! their order. Batch envelopes are split into their events (each keyed on its own).
 
 use crate::commands::run::RunError;
-use crate::event::{Line, parse_line};
+use crate::event::{Line, parse_line_at};
 use crate::source::kafka::{LogContext, message_key};
+use crate::source::lines::{LineReader, open_input};
 use rdkafka::ClientConfig;
 use rdkafka::error::{KafkaError, RDKafkaErrorCode};
 use rdkafka::producer::{DeliveryFuture, FutureProducer, FutureRecord, Producer};
 use std::collections::VecDeque;
-use std::io::{BufRead, BufReader, Read};
 use std::path::PathBuf;
 use std::time::Duration;
 
@@ -84,29 +84,21 @@ pub async fn produce(opts: ProduceOptions) -> Result<ProduceSummary, RunError> {
         .kafka
         .create_with_context(LogContext)
         .map_err(|e| RunError::Config(format!("Kafka producer: {e}")))?;
-    let input: Box<dyn Read> = match &opts.input {
-        Some(p) => Box::new(
-            std::fs::File::open(p)
-                .map_err(|e| RunError::Io(format!("cannot open {}: {e}", p.display())))?,
-        ),
-        None => Box::new(std::io::stdin()),
-    };
-    let mut reader = BufReader::with_capacity(256 * 1024, input);
+    let input = open_input(opts.input.as_deref()).map_err(|e| RunError::Io(e.to_string()))?;
+    let mut reader = LineReader::new(input);
     let mut summary = ProduceSummary::default();
     let mut pending: VecDeque<DeliveryFuture> = VecDeque::new();
-    let mut buf = String::new();
     loop {
-        buf.clear();
-        if reader
-            .read_line(&mut buf)
-            .map_err(|e| RunError::Io(format!("reading input: {e}")))?
-            == 0
-        {
-            break;
-        }
-        let line = summary.lines;
+        let line = reader
+            .next_line()
+            .map_err(|e| RunError::Io(format!("reading input: {e}")))?;
+        let Some(line) = line else { break };
         summary.lines += 1;
-        let events = match parse_line(&buf, line) {
+        let parsed = match line.text() {
+            Err(rejected) => Line::Invalid(rejected.reason),
+            Ok(text) => parse_line_at(text, &line.origin()).0,
+        };
+        let events = match parsed {
             Line::Blank => continue,
             Line::Invalid(reason) => {
                 eprintln!("sfmc-relay produce: skipped: {reason}");
@@ -115,6 +107,7 @@ pub async fn produce(opts: ProduceOptions) -> Result<ProduceSummary, RunError> {
             }
             Line::Events(events) => events,
         };
+        let text = std::str::from_utf8(line.bytes).unwrap_or_default();
         let single = events.len() == 1;
         for event in events {
             let key = message_key(&event);
@@ -123,7 +116,7 @@ pub async fn produce(opts: ProduceOptions) -> Result<ProduceSummary, RunError> {
             }
             // A single event goes as written; a batch's events are serialised one by one.
             let payload = if single {
-                buf.trim().to_string()
+                text.trim().to_string()
             } else {
                 event.to_string()
             };

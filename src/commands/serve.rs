@@ -11,22 +11,18 @@
 //! let the sink finish what it holds (up to `drain_timeout`), write the acks, exit 0.
 //! Whatever was not handed to the sink stays in the spool for the next start.
 
-use super::run::{
-    EnvSource, RuleSource, RunError, RunSummary, Work, sink_config, target, wait_for_signal, work,
+use crate::pipeline::{
+    Env, Pipeline, PipelineOptions, RuleSource, RunError, RunSummary, wait_for_signal,
 };
-use crate::sfmc::deadletter::DeadLetters;
-use crate::sfmc::sink::{Counters, Delivery, EventRef, Sink};
+use crate::source::Framing;
 use crate::source::http::{self, Ingest};
-use crate::source::metrics::{Metrics, type_index};
+use crate::source::metrics::Metrics;
 use crate::spool::{Spool, SpoolConfig};
-use crate::view::Val;
-use serde_json::Value;
 use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::sync::Arc;
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::AtomicU64;
 use std::time::Duration;
-use tokio::sync::mpsc;
 
 pub struct ServeOptions {
     pub listen: SocketAddr,
@@ -38,59 +34,11 @@ pub struct ServeOptions {
     pub write_keys: Vec<String>,
     /// How long a shutdown waits for in-flight deliveries.
     pub drain_timeout: Duration,
-    pub env: EnvSource,
+    pub env: Env,
     /// Counter the hot-reload hook increments on a failed reload (shown in /metrics).
     pub reload_failures: Arc<AtomicU64>,
     /// Browser origins allowed to call the ingest API (`--cors-origins`; default any).
     pub cors_origins: crate::source::cors::CorsOrigins,
-}
-
-/// One spooled event, transformed.
-struct Item {
-    seq: u64,
-    version: Arc<str>,
-    ty: usize,
-    /// The spooled JSON text (parsed again only for a dead letter).
-    event: EventRef,
-    outcome: Result<Work, String>,
-}
-
-fn reader_thread(
-    mut reader: crate::spool::SpoolReader,
-    rules: RuleSource,
-    tx: mpsc::Sender<Item>,
-) -> std::io::Result<()> {
-    while let Some(batch) = reader.next_batch()? {
-        let program = rules();
-        let version: Arc<str> = Arc::from(program.version.as_str());
-        for (seq, payload) in batch {
-            let item = match serde_json::from_slice::<Val>(&payload) {
-                Ok(ev) => Item {
-                    seq,
-                    version: version.clone(),
-                    ty: type_index(ev.get("type").and_then(Val::as_str)),
-                    outcome: Ok(work(&program, &ev)),
-                    event: EventRef::Json(
-                        String::from_utf8(payload)
-                            .unwrap_or_else(|e| String::from_utf8_lossy(e.as_bytes()).into()),
-                    ),
-                },
-                // Cannot happen (the handler wrote valid JSON); never lose it silently.
-                Err(e) => Item {
-                    seq,
-                    version: version.clone(),
-                    ty: type_index(None),
-                    event: EventRef::from(Value::String(String::from_utf8_lossy(&payload).into())),
-                    outcome: Err(format!("spooled event is not JSON: {e}")),
-                },
-            };
-            if tx.blocking_send(item).is_err() {
-                // Stopping: the event stays in the spool (not acked) for the next start.
-                return Ok(());
-            }
-        }
-    }
-    Ok(())
 }
 
 /// Serve until SIGTERM/SIGINT. The summary covers the events this process handled.
@@ -100,8 +48,15 @@ pub async fn serve(rules: RuleSource, opts: ServeOptions) -> Result<RunSummary, 
             "no write keys: set SFMC_RELAY_WRITE_KEYS (comma-separated) to the keys clients send as the HTTP Basic username".into(),
         ));
     }
-    let program = rules();
-    let target = target(&program, &opts.env, opts.requests_per_second).await?;
+    let mut p = PipelineOptions::new(Framing::Event, opts.dead_letter.clone(), opts.env.clone());
+    p.durable = true;
+    p.requests_per_second = opts.requests_per_second;
+    p.drain_timeout = Some(opts.drain_timeout);
+    p.unit = "events";
+    // The contact cache's state lives with the spool.
+    p.state_dir = Some(opts.spool.dir.clone());
+    let pipeline = Pipeline::start(rules.clone(), p).await?;
+    let program = pipeline.program().clone();
     // Before the spool deletes what was delivered: the ids a client may still retry.
     let recent_ids =
         crate::source::dedup::RecentIds::from_spool(&opts.spool.dir, crate::source::dedup::WINDOW)
@@ -128,16 +83,9 @@ pub async fn serve(rules: RuleSource, opts: ServeOptions) -> Result<RunSummary, 
             report.pending
         );
     }
-    let dead = Arc::new(DeadLetters::new(&opts.dead_letter));
-    let counters = Arc::new(Counters::default());
-    let mut sink = Sink::new(
-        target.client.clone(),
-        sink_config(&program),
-        dead.clone(),
-        counters.clone(),
-    );
     let metrics = Arc::new(Metrics {
         reload_failures: opts.reload_failures.clone(),
+        outcomes: pipeline.outcomes(),
         ..Default::default()
     });
     let state = Arc::new(Ingest {
@@ -148,10 +96,10 @@ pub async fn serve(rules: RuleSource, opts: ServeOptions) -> Result<RunSummary, 
             .map(|k| k.as_bytes().to_vec())
             .collect(),
         metrics: metrics.clone(),
-        client: target.client.clone(),
+        client: pipeline.client().clone(),
         rules: rules.clone(),
         cors: opts.cors_origins.clone(),
-        dead_letters: dead.clone(),
+        dead_letters: pipeline.dead_letters(),
         recent_ids: std::sync::Mutex::new(recent_ids),
     });
     let listener = tokio::net::TcpListener::bind(opts.listen)
@@ -168,12 +116,11 @@ pub async fn serve(rules: RuleSource, opts: ServeOptions) -> Result<RunSummary, 
         program.version
     );
 
-    let (tx, mut rx) = mpsc::channel::<Item>(1024);
     let reader = {
-        let (r, rules) = (spool.reader(), rules.clone());
+        let (r, acker, feeder) = (spool.reader(), spool.acker(), pipeline.feeder());
         std::thread::Builder::new()
             .name("sfmc-relay-spool-reader".into())
-            .spawn(move || reader_thread(r, rules, tx))
+            .spawn(move || crate::source::spool::read_into(r, acker, feeder))
             .map_err(|e| RunError::Io(e.to_string()))?
     };
 
@@ -210,92 +157,25 @@ pub async fn serve(rules: RuleSource, opts: ServeOptions) -> Result<RunSummary, 
         }
     });
 
-    let mut summary = RunSummary {
-        rules_version: program.version.clone(),
-        dead_letter_path: opts.dead_letter.clone(),
-        interrupted: true,
-        ..Default::default()
-    };
-    let acker = spool.acker();
-    loop {
-        let item = tokio::select! {
-            biased;
-            _ = stopped_rx.wait_for(|s| *s) => break,
-            item = rx.recv() => item,
-        };
-        let Some(item) = item else { break };
-        summary.events += 1;
-        let Item {
-            seq,
-            version,
-            ty,
-            event,
-            outcome,
-        } = item;
-        match outcome {
-            Ok(Work::Skipped(_)) => {
-                summary.skipped += 1;
-                metrics.skipped.add(ty, 1);
-                acker.ack(seq);
-            }
-            Ok(Work::Rejected(reason)) | Err(reason) => {
-                // Written (and flushed) to the dead-letter file before the ack.
-                sink.reject(seq, &version, &event.to_value(), &reason);
-                metrics.dead_lettered.add(ty, 1);
-                acker.ack(seq);
-            }
-            Ok(Work::Send(prepared)) => {
-                let (acker, metrics) = (acker.clone(), metrics.clone());
-                let done = Box::new(move |how: Delivery| {
-                    match how {
-                        Delivery::Delivered => metrics.delivered.add(ty, 1),
-                        Delivery::DeadLettered => metrics.dead_lettered.add(ty, 1),
-                    }
-                    acker.ack(seq);
-                });
-                sink.submit_prepared(seq, version, event, prepared, Some(done))
-                    .await;
-            }
-        }
-    }
-    // Events still in the channel were not handed to the sink: not acked, so the next
-    // start delivers them.
-    drop(rx);
+    let mut summary = pipeline
+        .run(async move {
+            let _ = stopped_rx.wait_for(|s| *s).await;
+        })
+        .await?;
+    summary.interrupted = true;
     let read_result = reader
         .join()
         .map_err(|_| RunError::Io("the spool reader thread panicked".into()))?;
-    let finish = match tokio::time::timeout(opts.drain_timeout, sink.finish()).await {
-        Ok(r) => r,
-        Err(_) => {
-            eprintln!(
-                "sfmc-relay: deliveries still in flight after {:?}: they stay in the spool and are sent on the next start",
-                opts.drain_timeout
-            );
-            Ok(())
-        }
-    };
-    drop(acker);
     let served = stopper.await;
     let spool2 = spool.clone();
     let _ = tokio::task::spawn_blocking(move || spool2.close()).await;
     let left = spool.stats().pending;
     summary.lines = summary.events;
-    summary.delivered = counters.delivered.load(Ordering::Relaxed);
-    summary.dead_lettered = counters.dead_lettered.load(Ordering::Relaxed);
-    summary.contacts_cached = counters.contacts_cached.load(Ordering::Relaxed);
-    summary.rows_coalesced = counters.rows_coalesced.load(Ordering::Relaxed);
-    summary.splits = counters.splits.load(Ordering::Relaxed);
-    summary.client = target.client.stats();
-    if let Some(sim) = target.sim {
-        summary.simulator_report = Some(sim.summary_text());
-        sim.shutdown().await;
-    }
     eprintln!(
         "sfmc-relay: {} events received this run; {left} left in the spool {}",
         metrics.received.total(),
         opts.spool.dir.display()
     );
-    finish.map_err(|e| RunError::Io(format!("dead-letter file: {e}")))?;
     read_result.map_err(|e| RunError::Io(format!("reading the spool: {e}")))?;
     match served {
         Ok(Ok(Ok(()))) => Ok(summary),

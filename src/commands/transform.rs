@@ -1,13 +1,12 @@
 //! `sfmc-relay transform`: events in, the SFMC calls they cause out (NDJSON, unbatched).
 
 use crate::action::Body;
-use crate::event::{
-    LineView, MAX_LINE_BYTES, ReadLine, parse_line_view, read_line_limited, too_long_reason,
-};
+use crate::event::{LineView, parse_view_at};
 use crate::rules::Program;
+use crate::source::lines::LineReader;
 use crate::transform::{Outcome, Trace, transform_view};
 use serde::Serialize;
-use std::io::{BufReader, Read, Write};
+use std::io::{Read, Write};
 use std::sync::Arc;
 
 #[derive(Serialize)]
@@ -92,52 +91,38 @@ fn write_reason(
 /// `rules` is asked for the current program before each input line, so a hot reload takes
 /// effect at the next line and a line (even a batch envelope) is processed by one version.
 /// Output is flushed whenever no more input is buffered, so `tail -f | transform` shows
-/// each result at once.
+/// each result at once. `event` in the output is the 0-based line; messages say the
+/// 1-based line.
 pub fn run<R: Read>(
-    input: &mut BufReader<R>,
+    input: &mut LineReader<R>,
     out: &mut dyn Write,
     rules: &mut dyn FnMut() -> Arc<Program>,
 ) -> std::io::Result<Counts> {
     let mut counts = Counts::default();
-    let mut buf = Vec::new();
-    let mut line_no: u64 = 0;
-    loop {
-        let read = read_line_limited(input, &mut buf, MAX_LINE_BYTES)?;
-        if read == ReadLine::Eof {
-            break;
-        }
+    while let Some(line) = input.next_line()? {
         counts.lines += 1;
         let program = rules();
-        if let ReadLine::TooLong { len } = read {
-            let o = Outcome::Rejected(too_long_reason(line_no, len));
-            write_outcome(out, line_no, &o, &mut counts)?;
-            line_no += 1;
-            if input.buffer().is_empty() {
-                out.flush()?;
+        let index = line.number - 1;
+        match line.text() {
+            Err(rejected) => {
+                let o = Outcome::Rejected(rejected.reason);
+                write_outcome(out, index, &o, &mut counts)?;
             }
-            continue;
-        }
-        match std::str::from_utf8(&buf) {
-            Err(e) => {
-                let o = Outcome::Rejected(format!("line {}: not UTF-8 text: {e}", line_no + 1));
-                write_outcome(out, line_no, &o, &mut counts)?;
-            }
-            Ok(text) => match parse_line_view(text, line_no).0 {
+            Ok(text) => match parse_view_at(text, &line.origin()).0 {
                 LineView::Blank => {}
                 LineView::Invalid(reason) => {
-                    write_outcome(out, line_no, &Outcome::Rejected(reason), &mut counts)?;
+                    write_outcome(out, index, &Outcome::Rejected(reason), &mut counts)?;
                 }
                 LineView::Events(events) => {
                     for ev in &events {
                         counts.events += 1;
                         let outcome = transform_view(&program, ev, &mut Trace::off());
-                        write_outcome(out, line_no, &outcome, &mut counts)?;
+                        write_outcome(out, index, &outcome, &mut counts)?;
                     }
                 }
             },
         }
-        line_no += 1;
-        if input.buffer().is_empty() {
+        if input.caught_up() {
             out.flush()?;
         }
     }

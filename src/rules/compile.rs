@@ -6,10 +6,11 @@
 use super::casing::{Casing, Style};
 use super::condition::{Condition, Op};
 use super::diag::{Diagnostic, Severity};
-use super::env::{EnvLookup, interpolate};
+use super::env::interpolate;
 use super::path::KeyPath;
 use super::program::*;
 use super::schema::*;
+use crate::env::Env;
 use regex::Regex;
 use serde_json::Value;
 use serde_saphyr::Location;
@@ -32,7 +33,7 @@ struct Parsed<'s> {
 /// Diagnostics sink bound to one file.
 struct Ctx<'a> {
     src: &'a SourceFile,
-    env: EnvLookup<'a>,
+    env: &'a Env,
     diags: &'a mut Vec<Diagnostic>,
 }
 
@@ -290,7 +291,7 @@ fn single<'p, T>(
 /// On success returns the program and any warnings; on failure every diagnostic.
 pub fn compile(
     files: &[SourceFile],
-    env: EnvLookup,
+    env: &Env,
     version: String,
 ) -> Result<(Program, Vec<Diagnostic>), Vec<Diagnostic>> {
     let mut diags = Vec::new();
@@ -429,11 +430,12 @@ pub fn compile(
 
     // Lists: concatenated across files, duplicates reported.
     let mut mapping_seen: HashMap<(EventKind, String, String), String> = HashMap::new();
+    let casing = program.casing.clone();
     for p in &parsed {
         let mut c = ctx!(p.src);
         if let Some(track) = &p.file.track {
             for m in &track.value {
-                if let Some(m) = compile_mapping(&mut c, m, &mut mapping_seen) {
+                if let Some(m) = compile_mapping(&mut c, m, &mut mapping_seen, &casing) {
                     program.mappings.push(m);
                 }
             }
@@ -463,7 +465,12 @@ pub fn compile(
 
 fn compile_delivery(c: &mut Ctx, d: &DeliverySection) -> Delivery {
     let def = Delivery::default();
-    let rps = c.uint(&d.requests_per_second, 20, 0, 100_000);
+    let rps = c.uint(
+        &d.requests_per_second,
+        def.requests_per_second.map_or(0, u64::from),
+        0,
+        100_000,
+    );
     let mut out = Delivery {
         batch_rows: c.uint(&d.batch_rows, def.batch_rows as u64, 1, 10_000) as usize,
         batch_bytes: c.uint(&d.batch_bytes, def.batch_bytes as u64, 1024, 5_000_000) as usize,
@@ -555,6 +562,7 @@ fn compile_mapping(
     c: &mut Ctx,
     m: &Spanned<MappingSection>,
     seen: &mut HashMap<(EventKind, String, String), String>,
+    casing: &Casing,
 ) -> Option<Mapping> {
     let origin = c.at(&m.referenced);
     let v = &m.value;
@@ -664,6 +672,22 @@ fn compile_mapping(
     if columns.is_empty() {
         columns.push("Contact Key".to_string());
     }
+    let data = match &v.data {
+        None => None,
+        Some(list) => {
+            if api_event.is_none() {
+                c.warn(
+                    &list.referenced,
+                    "`data` has no effect without `api_event` (it lists what goes into an API event's Data)",
+                );
+            }
+            let fields = compile_data(c, list, casing);
+            if fields.is_none() {
+                ok = false;
+            }
+            fields
+        }
+    };
     let include_context = c.bool(&v.include_context, true);
     let when = v.when.as_ref().and_then(|w| compile_condition(c, w));
     if v.when.is_some() && when.is_none() {
@@ -716,10 +740,109 @@ fn compile_mapping(
             PrimaryKey::Columns(columns)
         },
         api_event,
+        data,
         include_context,
         when,
         origin,
     })
+}
+
+/// An API event's `data:` list: `key` (the field is the key after casing) or
+/// `{key: Field Name}` (a rename). `None` after an error.
+fn compile_data(c: &mut Ctx, list: &Spanned<Vec<Raw>>, casing: &Casing) -> Option<Vec<DataField>> {
+    const EXPECTED: &str = "expected a property name (`plan`) or a rename (`{ plan: Plan Name }`)";
+    let mut ok = true;
+    let mut out: Vec<DataField> = Vec::new();
+    for entry in &list.value {
+        let at = &entry.referenced;
+        let (key, field) = match &entry.value {
+            Value::String(s) => (s.clone(), None),
+            Value::Object(m) if m.len() == 1 => {
+                let Some((k, f)) = m.iter().next() else {
+                    continue;
+                };
+                let Value::String(f) = f else {
+                    c.err(
+                        at,
+                        format!("rename of {k:?} must be a field name, found {}", kind_of(f)),
+                    );
+                    ok = false;
+                    continue;
+                };
+                (k.clone(), Some(f.clone()))
+            }
+            Value::Object(m) => {
+                c.err(
+                    at,
+                    format!(
+                        "a `data` entry renames one property, found {} in one entry: {EXPECTED}",
+                        m.len()
+                    ),
+                );
+                ok = false;
+                continue;
+            }
+            other => {
+                c.err(at, format!("{EXPECTED}, found {}", kind_of(other)));
+                ok = false;
+                continue;
+            }
+        };
+        let interpolated = |c: &mut Ctx, s: &str| match interpolate(s, c.env) {
+            Ok(t) if !t.trim().is_empty() => Some(t.trim().to_string()),
+            Ok(_) => {
+                c.err(at, format!("empty name in `data`: {EXPECTED}"));
+                None
+            }
+            Err(e) => {
+                c.err(at, e);
+                None
+            }
+        };
+        let Some(key) = interpolated(c, &key) else {
+            ok = false;
+            continue;
+        };
+        let field = match field {
+            Some(f) => match interpolated(c, &f) {
+                Some(f) => Some(f),
+                None => {
+                    ok = false;
+                    continue;
+                }
+            },
+            None => None,
+        };
+        let column = casing.apply(&key).into_owned();
+        let field = field.unwrap_or_else(|| column.clone());
+        if let Some(prev) = out.iter().find(|d| d.column.eq_ignore_ascii_case(&column)) {
+            c.err(
+                at,
+                format!(
+                    "{key:?} is listed twice in `data` (it becomes the column {column:?}, like the entry for field {:?})",
+                    prev.field
+                ),
+            );
+            ok = false;
+            continue;
+        }
+        if out.iter().any(|d| d.field.eq_ignore_ascii_case(&field)) {
+            c.err(
+                at,
+                format!("two `data` entries become the field {field:?}: a field can be sent once"),
+            );
+            ok = false;
+            continue;
+        }
+        if field.eq_ignore_ascii_case("eventInstanceId") {
+            c.warn(
+                at,
+                "`eventInstanceId` is reserved in Data: SFMC ignores the value and logs an id of its own",
+            );
+        }
+        out.push(DataField { column, field });
+    }
+    ok.then_some(out)
 }
 
 fn compile_filter(c: &mut Ctx, f: &Spanned<FilterSection>, what: &str) -> Option<Filter> {

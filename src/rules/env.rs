@@ -4,19 +4,13 @@
 //! environment value can never change the structure of a rule file. `$${` writes a
 //! literal `${`.
 
-/// Where variables come from: the process environment in production, a map in tests.
-pub type EnvLookup<'a> = &'a dyn Fn(&str) -> Option<String>;
-
-/// The process environment as an [`EnvLookup`].
-pub fn process_env(name: &str) -> Option<String> {
-    std::env::var(name).ok()
-}
+use crate::env::Env;
 
 /// Replace every `${NAME}` and `${NAME:-default}` in `input`.
 ///
 /// `${NAME:-default}` uses the default when NAME is unset or empty (as in POSIX shells);
 /// `${NAME}` with NAME unset is an error that says how to give a default.
-pub fn interpolate(input: &str, env: EnvLookup) -> Result<String, String> {
+pub fn interpolate(input: &str, env: &Env) -> Result<String, String> {
     if !input.contains('$') {
         return Ok(input.to_string());
     }
@@ -57,7 +51,7 @@ pub fn interpolate(input: &str, env: EnvLookup) -> Result<String, String> {
 (rule values end up in URLs, logs and `check`/`explain` output)"
             ));
         }
-        match (env(name), default) {
+        match (env.get(name), default) {
             (Some(v), Some(d)) if v.is_empty() => out.push_str(d),
             (Some(v), _) => out.push_str(&v),
             (None, Some(d)) => out.push_str(d),
@@ -95,45 +89,54 @@ fn is_var_name(name: &str) -> bool {
 mod tests {
     use super::*;
 
-    fn env(name: &str) -> Option<String> {
-        match name {
-            "DE" => Some("orders".into()),
-            "EMPTY" => Some(String::new()),
-            _ => None,
-        }
+    fn vars() -> Env {
+        Env::from_map([("DE", "orders"), ("EMPTY", "")])
     }
 
     #[test]
     fn plain_text_is_unchanged() {
-        assert_eq!(interpolate("Order Id", &env).unwrap(), "Order Id");
-        assert_eq!(interpolate("costs $5", &env).unwrap(), "costs $5");
+        assert_eq!(interpolate("Order Id", &vars()).unwrap(), "Order Id");
+        assert_eq!(interpolate("costs $5", &vars()).unwrap(), "costs $5");
     }
 
     #[test]
     fn set_variable_is_substituted() {
-        assert_eq!(interpolate("${DE}", &env).unwrap(), "orders");
-        assert_eq!(interpolate("key-${DE}-x", &env).unwrap(), "key-orders-x");
-        assert_eq!(interpolate("${DE:-other}", &env).unwrap(), "orders");
+        assert_eq!(interpolate("${DE}", &vars()).unwrap(), "orders");
+        assert_eq!(interpolate("key-${DE}-x", &vars()).unwrap(), "key-orders-x");
+        assert_eq!(interpolate("${DE:-other}", &vars()).unwrap(), "orders");
     }
 
     #[test]
     fn default_used_when_unset_or_empty() {
-        assert_eq!(interpolate("${NOPE:-fallback}", &env).unwrap(), "fallback");
-        assert_eq!(interpolate("${EMPTY:-fallback}", &env).unwrap(), "fallback");
-        assert_eq!(interpolate("${NOPE:-}", &env).unwrap(), "");
-        assert_eq!(interpolate("${EMPTY}", &env).unwrap(), "");
+        assert_eq!(
+            interpolate("${NOPE:-fallback}", &vars()).unwrap(),
+            "fallback"
+        );
+        assert_eq!(
+            interpolate("${EMPTY:-fallback}", &vars()).unwrap(),
+            "fallback"
+        );
+        assert_eq!(interpolate("${NOPE:-}", &vars()).unwrap(), "");
+        assert_eq!(interpolate("${EMPTY}", &vars()).unwrap(), "");
     }
 
     #[test]
     fn unset_without_default_is_an_error_naming_the_variable() {
-        let e = interpolate("${NOPE}", &env).unwrap_err();
+        let e = interpolate("${NOPE}", &vars()).unwrap_err();
         assert!(e.contains("NOPE is not set"), "{e}");
         assert!(e.contains("${NOPE:-default}"), "{e}");
     }
 
     #[test]
     fn secrets_are_never_interpolated() {
-        let env = |_: &str| Some("hunter2".to_string());
+        let names = [
+            "SFMC_CLIENT_SECRET",
+            "SFMC_RELAY_WRITE_KEYS",
+            "MY_API_TOKEN",
+            "db_password",
+            "SFMC_CLIENT_ID",
+        ];
+        let env = Env::from_map(names.map(|n| (n, "hunter2")));
         for name in [
             "SFMC_CLIENT_SECRET",
             "SFMC_RELAY_WRITE_KEYS",
@@ -149,17 +152,17 @@ mod tests {
 
     #[test]
     fn escapes_and_malformed() {
-        assert_eq!(interpolate("$${DE}", &env).unwrap(), "${DE}");
+        assert_eq!(interpolate("$${DE}", &vars()).unwrap(), "${DE}");
         assert!(
-            interpolate("${DE", &env)
+            interpolate("${DE", &vars())
                 .unwrap_err()
                 .contains("unterminated")
         );
         assert!(
-            interpolate("${1X}", &env)
+            interpolate("${1X}", &vars())
                 .unwrap_err()
                 .contains("invalid variable name")
         );
-        assert!(interpolate("${}", &env).is_err());
+        assert!(interpolate("${}", &vars()).is_err());
     }
 }

@@ -90,6 +90,23 @@ hint!(
 );
 
 hint!(
+    DataEntry,
+    "One entry of an API event's `data:` allow-list.",
+    json_schema!({
+        "description": "a property key (`plan`), or a one-entry mapping that renames it (`{plan: Plan Name}`)",
+        "anyOf": [
+            {"type": "string"},
+            {
+                "type": "object",
+                "minProperties": 1,
+                "maxProperties": 1,
+                "additionalProperties": {"type": "string"}
+            }
+        ]
+    })
+);
+
+hint!(
     CasingStyle,
     "How keys become column names.",
     json_schema!({

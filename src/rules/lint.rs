@@ -5,7 +5,9 @@
 //! - a primary key column no event can fill: not `Contact Key`, not a context column, and
 //!   no property key becomes that column under the casing style and overrides;
 //! - two casing overrides that send different keys to the same column (an event with both
-//!   keys keeps only the later one).
+//!   keys keeps only the later one);
+//! - an API event mapping without `data:`: it sends every property in `Data`, and SFMC
+//!   refuses a field the event's data extension does not have.
 //!
 //! Every warning names `file:line:col`. These are heuristics: a warning does not make the
 //! rule set invalid.
@@ -24,6 +26,7 @@ pub fn lint(files: &[SourceFile], program: &Program) -> Vec<Diagnostic> {
     for m in &program.mappings {
         unreachable_mapping(files, program, m, &mut out);
         unfillable_key(files, program, m, &mut out);
+        every_property_in_data(files, m, &mut out);
     }
     colliding_overrides(files, &mut out);
     out
@@ -178,6 +181,22 @@ fn unfillable_key(files: &[SourceFile], p: &Program, m: &Mapping, out: &mut Vec<
     }
 }
 
+fn every_property_in_data(files: &[SourceFile], m: &Mapping, out: &mut Vec<Diagnostic>) {
+    let (Some(def), None) = (&m.api_event, &m.data) else {
+        return;
+    };
+    out.push(warn_at(
+        files,
+        &m.origin,
+        format!(
+            "API event {def:?} sends every {} in Data: SFMC refuses a field the event's data extension \
+             does not have, so one unexpected property fails the entry; list what goes in \
+             with `data: [plan, referrer]` (rename with `{{ key: Field Name }}`)",
+            if m.kind.data_field() == "traits" { "trait" } else { "property" }
+        ),
+    ));
+}
+
 fn colliding_overrides(files: &[SourceFile], out: &mut Vec<Diagnostic>) {
     for src in files {
         let Ok(Some(file)) = serde_saphyr::from_str::<Option<RuleFile>>(&src.text) else {
@@ -232,7 +251,7 @@ mod tests {
             name: "r.yaml".into(),
             text: text.into(),
         }];
-        let p = super::super::compile_sources(&files, &|_| None, 1)
+        let p = super::super::compile_sources(&files, &crate::env::Env::empty(), 1)
             .unwrap()
             .program;
         lint(&files, &p).into_iter().map(|d| d.headline()).collect()
@@ -260,6 +279,18 @@ mod tests {
             let at: Vec<&str> = w.iter().map(|h| &h[..10]).collect();
             assert_eq!(at, hits, "{filter}: {w:?}");
         }
+    }
+
+    #[test]
+    fn api_events_without_a_data_list() {
+        let w = lint_text(
+            "track:\n  - event: A\n    api_event: a\n  - event: B\n    api_event: b\n    data: [plan]\n  - event: C\n    data_extension: c\n",
+        );
+        assert_eq!(w.len(), 1, "{w:?}");
+        assert!(
+            w[0].starts_with("r.yaml:2:5: warning: API event \"a\" sends every property in Data"),
+            "{w:?}"
+        );
     }
 
     #[test]

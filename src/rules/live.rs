@@ -30,6 +30,7 @@
 //! else to stderr) and sent to [`LiveRules::subscribe`] receivers.
 
 use super::{Diagnostic, RuleErrors, SourceFile};
+use crate::env::Env;
 use notify::{EventKind, RecursiveMode, Watcher};
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -39,9 +40,6 @@ use std::time::{Duration, Instant};
 use tokio::sync::broadcast;
 
 use super::Program;
-
-/// Environment lookup owned by a [`LiveRules`] (reloads happen on another thread).
-pub type SharedEnv = Arc<dyn Fn(&str) -> Option<String> + Send + Sync>;
 
 /// Where reload messages go.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -66,7 +64,7 @@ pub struct Options {
     /// Quiet time after the last file-system event before a rescan.
     pub debounce: Duration,
     /// `${ENV}` lookups for the rules.
-    pub env: SharedEnv,
+    pub env: Env,
     pub log: Log,
     /// Use notify's `PollWatcher` (no inotify) even when the recommended watcher works.
     pub force_poll: bool,
@@ -81,7 +79,7 @@ impl Options {
             watch,
             sighup: true,
             debounce: Duration::from_millis(100),
-            env: Arc::new(super::process_env),
+            env: Env::process(),
             log: Log::Auto,
             force_poll: std::env::var_os("SFMC_RELAY_POLL_WATCH").is_some_and(|v| v == "1"),
             poll_interval: Duration::from_millis(500),
@@ -187,7 +185,7 @@ impl LiveRules {
 
     pub fn start_with(opts: Options) -> Result<LiveRules, RuleErrors> {
         let files = read_files(opts.dir.as_deref())?;
-        let loaded = super::compile_sources(&files, &*opts.env, 1)?;
+        let loaded = super::compile_sources(&files, &opts.env, 1)?;
         let (events, _) = broadcast::channel(64);
         let shared = Arc::new(Shared {
             current: RwLock::new(Arc::new(loaded.program)),
@@ -494,7 +492,7 @@ impl Shared {
                     }
                 } else {
                     let n = self.counter.load(Ordering::Relaxed) + 1;
-                    match super::compile_sources(&files, &*self.opts.env, n) {
+                    match super::compile_sources(&files, &self.opts.env, n) {
                         Err(errors) => self.failed(errors, &previous, Some(hash)),
                         Ok(loaded) => {
                             let version = loaded.program.version.clone();

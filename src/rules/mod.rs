@@ -20,9 +20,9 @@ pub mod schema;
 
 pub use compile::SourceFile;
 pub use diag::{Diagnostic, RuleErrors, Severity};
-pub use env::{EnvLookup, process_env};
 pub use program::Program;
 
+use crate::env::Env;
 use std::hash::{Hash, Hasher};
 use std::path::Path;
 
@@ -134,7 +134,7 @@ pub struct Loaded {
 /// Compile `files` as version number `counter`.
 pub fn compile_sources(
     files: &[SourceFile],
-    env: EnvLookup,
+    env: &Env,
     counter: u64,
 ) -> Result<Loaded, RuleErrors> {
     let version = format!("r{counter}-{}", content_hash(files));
@@ -144,7 +144,7 @@ pub fn compile_sources(
 }
 
 /// Load a rule set: a directory, or the embedded defaults when `dir` is `None`.
-pub fn load(dir: Option<&Path>, env: EnvLookup, counter: u64) -> Result<Loaded, RuleErrors> {
+pub fn load(dir: Option<&Path>, env: &Env, counter: u64) -> Result<Loaded, RuleErrors> {
     let files = match dir {
         Some(d) => read_dir(d)?,
         None => embedded_sources(),

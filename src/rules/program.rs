@@ -54,19 +54,21 @@ pub struct Delivery {
 }
 
 impl Default for Delivery {
+    /// The defaults of [`crate::defaults`].
     fn default() -> Self {
+        use crate::defaults as d;
         Delivery {
-            batch_rows: 50,
-            batch_bytes: 4 * 1024 * 1024,
-            linger: Duration::from_millis(200),
-            requests_per_second: Some(20),
-            max_in_flight: 4,
-            request_timeout: Duration::from_secs(30),
-            contact_cache: 100_000,
-            retry_attempts: 8,
-            retry_within: Duration::from_secs(600),
-            retry_base_delay: Duration::from_millis(200),
-            retry_max_delay: Duration::from_secs(30),
+            batch_rows: d::BATCH_ROWS,
+            batch_bytes: d::BATCH_BYTES,
+            linger: d::LINGER,
+            requests_per_second: Some(d::REQUESTS_PER_SECOND),
+            max_in_flight: d::MAX_IN_FLIGHT,
+            request_timeout: d::REQUEST_TIMEOUT,
+            contact_cache: d::CONTACT_CACHE,
+            retry_attempts: d::RETRY_ATTEMPTS,
+            retry_within: d::RETRY_WITHIN,
+            retry_base_delay: d::RETRY_BASE_DELAY,
+            retry_max_delay: d::RETRY_MAX_DELAY,
         }
     }
 }
@@ -164,10 +166,21 @@ pub struct Mapping {
     pub data_extension: Option<String>,
     pub primary_key: PrimaryKey,
     pub api_event: Option<String>,
+    /// The API event's `Data` allow-list, in order; `None` = every converted property.
+    pub data: Option<Vec<DataField>>,
     pub include_context: bool,
     pub when: Option<Condition>,
     /// `file:line:col` of the mapping, for explain output and warnings.
     pub origin: String,
+}
+
+/// One entry of an API event's `data:` allow-list.
+#[derive(Debug, Clone, PartialEq)]
+pub struct DataField {
+    /// The converted column it takes (the key after casing), matched case-insensitively.
+    pub column: String,
+    /// The `Data` field it becomes: `column`, or the rename.
+    pub field: String,
 }
 
 #[derive(Debug, Clone, PartialEq)]

@@ -10,7 +10,7 @@
 //! text, and `#[schemars(with = ...)]` says what a raw value may hold.
 
 use super::json_schema::{
-    CasingStyle, DurationText, EventType, Flag, NestedMode, NullsMode, WholeNumber,
+    CasingStyle, DataEntry, DurationText, EventType, Flag, NestedMode, NullsMode, WholeNumber,
 };
 use indexmap::IndexMap;
 use schemars::JsonSchema;
@@ -219,6 +219,11 @@ pub struct MappingSection {
     pub uuid_primary_key: Option<Raw>,
     /// Journey Builder event definition key: fire an API event.
     pub api_event: Option<Str>,
+    /// The properties (traits) that go into the API event's `Data`, an allow-list: each
+    /// entry a key (`plan`: the field is the key after casing) or a one-entry mapping
+    /// `{key: Field Name}` (a rename, like `casing.overrides`). Absent = every property.
+    #[schemars(with = "Option<Vec<DataEntry>>")]
+    pub data: Option<Spanned<Vec<Raw>>>,
     /// Add the context columns to the row (default true).
     #[schemars(with = "Option<Flag>")]
     pub include_context: Option<Raw>,

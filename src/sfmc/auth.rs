@@ -62,8 +62,8 @@ pub struct Credentials {
 impl Credentials {
     /// Read `SFMC_CLIENT_ID`, `SFMC_CLIENT_SECRET` and optional `SFMC_ACCOUNT_ID`.
     /// `None` unless both id and secret are set and non-empty.
-    pub fn from_env() -> Option<Credentials> {
-        Credentials::from_vars(|name| std::env::var(name).ok())
+    pub fn from_env(env: &crate::env::Env) -> Option<Credentials> {
+        Credentials::from_vars(|name| env.get(name))
     }
 
     /// [`Credentials::from_env`] over any variable lookup (values are trimmed; empty = unset).

@@ -23,7 +23,7 @@ use super::retry::{self, RetryPolicy};
 /// Client tuning.
 #[derive(Debug, Clone)]
 pub struct ClientConfig {
-    /// Request rate cap for REST calls (default 20/s; `None` = unlimited). Token requests
+    /// Request rate cap for REST calls (default 20/s, [`crate::defaults`]; `None` = unlimited). Token requests
     /// are not counted against it. The first second may burst up to this many requests.
     pub requests_per_second: Option<NonZeroU32>,
     /// Concurrent REST requests (default 4).
@@ -36,9 +36,9 @@ pub struct ClientConfig {
 impl Default for ClientConfig {
     fn default() -> Self {
         ClientConfig {
-            requests_per_second: NonZeroU32::new(20),
-            max_in_flight: 4,
-            request_timeout: Duration::from_secs(30),
+            requests_per_second: NonZeroU32::new(crate::defaults::REQUESTS_PER_SECOND),
+            max_in_flight: crate::defaults::MAX_IN_FLIGHT,
+            request_timeout: crate::defaults::REQUEST_TIMEOUT,
             retry: RetryPolicy::default(),
         }
     }

@@ -5,6 +5,7 @@
 //! status, errorcode and message and the attempt count. `sfmc-relay replay` reads the
 //! `event` field back. Lines are flushed as they are written: a dead letter is data.
 
+use crate::source::{Origin, OriginFields};
 use serde::Serialize;
 use serde_json::Value;
 use std::fs::{File, OpenOptions};
@@ -44,7 +45,10 @@ impl Failure {
 struct Record<'a> {
     time: String,
     rules_version: &'a str,
-    line: u64,
+    /// Where the event came from: `line` (1-based), `spool_seq`, or Kafka's
+    /// `topic`/`partition`/`offset`.
+    #[serde(flatten)]
+    origin: OriginFields<'a>,
     outcome: &'static str,
     #[serde(flatten)]
     failure: &'a Failure,
@@ -91,7 +95,7 @@ impl DeadLetters {
     /// Append one record. An I/O error here is fatal for the caller: data would be lost.
     pub fn write(
         &self,
-        line: u64,
+        origin: &Origin,
         rules_version: &str,
         event: &Value,
         failure: &Failure,
@@ -99,7 +103,7 @@ impl DeadLetters {
         let rec = Record {
             time: chrono::Utc::now().to_rfc3339_opts(chrono::SecondsFormat::Millis, true),
             rules_version,
-            line,
+            origin: origin.fields(),
             outcome: if failure.call.is_some() {
                 "failed"
             } else {
@@ -179,8 +183,13 @@ mod last_reasons_tests {
         let p = dir.path().join("dl.ndjson");
         let d = DeadLetters::new(&p);
         for r in ["old", "a", "b", "a"] {
-            d.write(0, "r1", &Value::Null, &Failure::rejected(r))
-                .unwrap();
+            d.write(
+                &crate::source::Origin::Line(1),
+                "r1",
+                &Value::Null,
+                &Failure::rejected(r),
+            )
+            .unwrap();
         }
         let got = last_reasons(&p, 3).unwrap();
         assert_eq!(

@@ -159,8 +159,8 @@ impl Endpoints {
     }
 
     /// Resolve from `SFMC_SUBDOMAIN`, `SFMC_AUTH_URL`, `SFMC_REST_URL` (empty = unset).
-    pub fn from_env() -> Result<Endpoints, ConfigError> {
-        Endpoints::from_vars(|name| std::env::var(name).ok())
+    pub fn from_env(env: &crate::env::Env) -> Result<Endpoints, ConfigError> {
+        Endpoints::from_vars(|name| env.get(name))
     }
 
     /// [`Endpoints::from_env`] over any variable lookup (values are trimmed; empty = unset).

@@ -4,8 +4,11 @@
 //! - [`auth`]: credentials and the shared, single-flight access-token cache.
 //! - [`retry`]: retry classification and backoff.
 //! - [`client`]: [`SfmcClient`], rate-governed, bounded, retrying REST calls.
+//! - [`bulk`]: bodies and answers of the bulk endpoints (async rows, establish, async
+//!   journey events).
 
 pub mod auth;
+pub mod bulk;
 pub mod client;
 pub mod deadletter;
 pub mod endpoints;

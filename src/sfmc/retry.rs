@@ -18,12 +18,14 @@ pub struct RetryPolicy {
 }
 
 impl Default for RetryPolicy {
+    /// The defaults of [`crate::defaults`] (the rules' `delivery.retry`).
     fn default() -> Self {
+        use crate::defaults as d;
         RetryPolicy {
-            max_attempts: 8,
-            max_elapsed: Duration::from_secs(600),
-            base_delay: Duration::from_millis(200),
-            max_delay: Duration::from_secs(30),
+            max_attempts: d::RETRY_ATTEMPTS,
+            max_elapsed: d::RETRY_WITHIN,
+            base_delay: d::RETRY_BASE_DELAY,
+            max_delay: d::RETRY_MAX_DELAY,
         }
     }
 }

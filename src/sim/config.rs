@@ -21,8 +21,12 @@ pub struct SimConfig {
     pub unknown_data_extensions: UnknownDataExtensions,
     /// Declared data extensions, by external key (matched case-insensitively).
     pub data_extensions: BTreeMap<String, DataExtensionConfig>,
-    /// Known Journey Builder EventDefinitionKeys. Empty = accept any.
+    /// Known Journey Builder EventDefinitionKeys whose `Data` is not checked. Empty (and
+    /// no `event_definitions`) = accept any key.
     pub api_events: Vec<String>,
+    /// Event definitions with their data extension fields: `Data` (sync and async) may
+    /// only hold these fields (case-insensitively), with values of these types.
+    pub event_definitions: BTreeMap<String, EventDefinitionConfig>,
     /// Primary-key values compared case-insensitively when matching rows for upsert
     /// (SQL Server's default collation is case-insensitive). Off by default.
     pub case_insensitive_key_values: bool,
@@ -33,6 +37,12 @@ pub struct SimConfig {
     pub log_limit: usize,
     /// Fault injection.
     pub faults: Faults,
+    /// The asynchronous rows API (`/data/v1/async/...`): delays, limits, deadlocks.
+    pub async_rows: AsyncRowsConfig,
+    /// `POST /contacts/v1/establish`.
+    pub establish: EstablishConfig,
+    /// `POST /interaction/v1/async/events`.
+    pub async_events: AsyncEventsConfig,
 }
 
 impl Default for SimConfig {
@@ -43,10 +53,14 @@ impl Default for SimConfig {
             unknown_data_extensions: UnknownDataExtensions::Accept,
             data_extensions: BTreeMap::new(),
             api_events: Vec::new(),
+            event_definitions: BTreeMap::new(),
             case_insensitive_key_values: false,
             max_body_bytes: 5_000_000,
             log_limit: 1_000_000,
             faults: Faults::default(),
+            async_rows: AsyncRowsConfig::default(),
+            establish: EstablishConfig::default(),
+            async_events: AsyncEventsConfig::default(),
         }
     }
 }
@@ -96,8 +110,140 @@ impl SimConfig {
                 }
             }
         }
+        for (key, def) in &self.event_definitions {
+            if key.trim().is_empty() {
+                bail!("event definition with an empty key");
+            }
+            if key.contains('.') {
+                bail!(
+                    "event definition `{key}`: SFMC does not allow a period in an EventDefinitionKey"
+                );
+            }
+            let mut fields = std::collections::HashSet::new();
+            for field in def.fields.keys() {
+                if !fields.insert(field.to_lowercase()) {
+                    bail!(
+                        "event definition `{key}`: field `{field}` declared twice (case-insensitive)"
+                    );
+                }
+            }
+        }
         self.faults.validate()?;
+        self.async_rows.validate()?;
+        if self.establish.max_keys == 0 {
+            bail!("establish.max_keys must be at least 1");
+        }
+        if self.async_events.max_members == 0 {
+            bail!("async_events.max_members must be at least 1");
+        }
         Ok(())
+    }
+}
+
+/// A Journey Builder event definition and the fields of its data extension.
+#[derive(Debug, Clone, PartialEq, Default, Deserialize, Serialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct EventDefinitionConfig {
+    /// Field name -> type (as for data extension columns). A `Data` member that is not
+    /// one of these (compared case-insensitively) is refused.
+    pub fields: BTreeMap<String, ColumnType>,
+}
+
+/// How the simulated asynchronous rows API behaves. A request is accepted at once (202),
+/// answers "status not found" to its first `status_not_found_polls` status calls, is
+/// `Pending` for the first half of its delay and `Executing` for the second, and is
+/// applied (its rows saved) when its delay has passed: the delay is drawn uniformly
+/// from `min_delay_ms..=max_delay_ms` for each request, so requests finish in no fixed
+/// order.
+#[derive(Debug, Clone, PartialEq, Deserialize, Serialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct AsyncRowsConfig {
+    pub min_delay_ms: u64,
+    pub max_delay_ms: u64,
+    /// Status calls answered without a status (`AsyncRequestStatusNotFound`) after submit.
+    pub status_not_found_polls: u32,
+    /// Most items in one request (SFMC: 32,000, a hard limit).
+    pub max_rows: usize,
+    /// Largest `$pageSize` honoured by the results endpoint (larger asks are capped; the
+    /// answer's `pageSize` says what was used). SFMC does not document its maximum.
+    pub results_max_page_size: usize,
+    /// Fraction of rows that fail with a SQL deadlock ("... Rerun the transaction.").
+    pub deadlock_rate: f64,
+    /// Fraction of requests that end in `requestStatus: Error` with no row saved.
+    pub error_rate: f64,
+    /// Seed of the RNG that draws delays, deadlocks and errors.
+    pub seed: u64,
+    /// For data extensions that are not declared (`unknown_data_extensions: accept`):
+    /// the item columns taken as primary keys (case-insensitive), since async items are
+    /// flat and do not say which columns are keys. The defaults fit the shipped rules.
+    pub undeclared_primary_keys: Vec<String>,
+}
+
+impl Default for AsyncRowsConfig {
+    fn default() -> Self {
+        AsyncRowsConfig {
+            min_delay_ms: 50,
+            max_delay_ms: 500,
+            status_not_found_polls: 1,
+            max_rows: 32_000,
+            results_max_page_size: 2_500,
+            deadlock_rate: 0.0,
+            error_rate: 0.0,
+            seed: 1,
+            undeclared_primary_keys: vec!["Contact Key".into(), "Order Id".into(), "Uuid".into()],
+        }
+    }
+}
+
+impl AsyncRowsConfig {
+    pub fn validate(&self) -> anyhow::Result<()> {
+        if self.min_delay_ms > self.max_delay_ms {
+            bail!(
+                "async_rows.min_delay_ms ({}) is above async_rows.max_delay_ms ({})",
+                self.min_delay_ms,
+                self.max_delay_ms
+            );
+        }
+        if self.max_rows == 0 || self.results_max_page_size == 0 {
+            bail!("async_rows.max_rows and async_rows.results_max_page_size must be at least 1");
+        }
+        for (name, rate) in [
+            ("deadlock_rate", self.deadlock_rate),
+            ("error_rate", self.error_rate),
+        ] {
+            if !(0.0..=1.0).contains(&rate) {
+                bail!("async_rows.{name} must be between 0.0 and 1.0, got {rate}");
+            }
+        }
+        Ok(())
+    }
+}
+
+/// `POST /contacts/v1/establish` limits. SFMC does not document the largest array.
+#[derive(Debug, Clone, PartialEq, Deserialize, Serialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct EstablishConfig {
+    /// Most Contact Keys in one call; more is a 400.
+    pub max_keys: usize,
+}
+
+impl Default for EstablishConfig {
+    fn default() -> Self {
+        EstablishConfig { max_keys: 1_000 }
+    }
+}
+
+/// `POST /interaction/v1/async/events` limits.
+#[derive(Debug, Clone, PartialEq, Deserialize, Serialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct AsyncEventsConfig {
+    /// Most members in one call (SFMC: 100); more is 400 "Interaction Count Limit Exceeded".
+    pub max_members: usize,
+}
+
+impl Default for AsyncEventsConfig {
+    fn default() -> Self {
+        AsyncEventsConfig { max_members: 100 }
     }
 }
 

@@ -24,10 +24,13 @@ use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::oneshot;
 use tokio::task::JoinHandle;
 
+use super::bulk;
 use super::config::{Faults, SimConfig};
 use super::rows::{RowIn, ValIn};
 use super::state::{DeTarget, FaultDecision, LogEntry, SimState, SimStats};
-use super::validate::{RowError, Scratch, guid_for, prepare_declared, prepare_undeclared};
+use super::validate::{
+    NO_EXISTING_FIELD, RowError, Scratch, guid_for, prepare_declared, prepare_undeclared,
+};
 
 const DOCS_URL: &str = "https://developer.salesforce.com/docs";
 
@@ -330,6 +333,20 @@ fn router(state: Arc<SimState>) -> Router {
         .route("/hub/v1/dataevents/{key}/rows/{pk}", put(put_row))
         .route("/contacts/v1/contacts", post(contacts))
         .route("/interaction/v1/events", post(events))
+        .route(
+            "/data/v1/async/dataextensions/{key}/rows",
+            put(bulk::async_rows),
+        )
+        .route(
+            "/data/v1/async/{request_id}/status",
+            get(bulk::async_status),
+        )
+        .route(
+            "/data/v1/async/{request_id}/results",
+            get(bulk::async_results),
+        )
+        .route("/contacts/v1/establish", post(bulk::establish))
+        .route("/interaction/v1/async/events", post(bulk::async_events))
         .route_layer(middleware::from_fn_with_state(state.clone(), gate));
     let inspect = Router::new()
         .route("/sim/dataextensions", get(sim_data_extensions))
@@ -349,11 +366,15 @@ fn router(state: Arc<SimState>) -> Router {
         .with_state(state)
 }
 
-fn json_response(status: StatusCode, body: Value) -> Response {
+pub(super) fn json_response(status: StatusCode, body: Value) -> Response {
     (status, Json(body)).into_response()
 }
 
-fn sfmc_error(status: StatusCode, message: impl Into<String>, errorcode: u32) -> Response {
+pub(super) fn sfmc_error(
+    status: StatusCode,
+    message: impl Into<String>,
+    errorcode: u32,
+) -> Response {
     json_response(
         status,
         json!({"message": message.into(), "errorcode": errorcode, "documentation": ""}),
@@ -377,7 +398,7 @@ fn too_many_requests(retry_after: u64) -> Response {
     resp
 }
 
-fn too_large(limit: usize) -> Response {
+pub(super) fn too_large(limit: usize) -> Response {
     sfmc_error(
         StatusCode::PAYLOAD_TOO_LARGE,
         format!("Request body exceeds the maximum size of {limit} bytes."),
@@ -385,7 +406,7 @@ fn too_large(limit: usize) -> Response {
     )
 }
 
-fn bad_json(e: &serde_json::Error) -> Response {
+pub(super) fn bad_json(e: &serde_json::Error) -> Response {
     sfmc_error(
         StatusCode::BAD_REQUEST,
         format!("Request body is not valid JSON: {e}"),
@@ -651,10 +672,11 @@ fn row_error_response(st: &SimState, target: &DeTarget, e: RowError) -> Response
                 }),
             )
         }
-        RowError::NoExistingField => sfmc_error(
-            StatusCode::BAD_REQUEST,
-            "At least one existing field is required in the values property",
-            10000,
+        // Reported inside the 10006 aggregate, as SFMC does.
+        RowError::NoExistingField => row_error_response(
+            st,
+            target,
+            RowError::Invalid(vec![NO_EXISTING_FIELD.to_string()]),
         ),
         RowError::Malformed(m) => sfmc_error(StatusCode::BAD_REQUEST, m, 10000),
     }
@@ -841,59 +863,66 @@ async fn contacts(State(st): St, body: Bytes) -> Response {
     )
 }
 
-fn get_ci<'a>(map: &'a Map<String, Value>, name: &str) -> Option<&'a Value> {
+pub(super) fn get_ci<'a>(map: &'a Map<String, Value>, name: &str) -> Option<&'a Value> {
     map.iter()
         .find(|(k, _)| k.eq_ignore_ascii_case(name))
         .map(|(_, v)| v)
 }
 
-async fn events(State(st): St, body: Bytes) -> Response {
-    let fields = match serde_json::from_slice::<Value>(&body) {
-        Ok(Value::Object(m)) => m,
-        Ok(_) => {
-            return sfmc_error(
-                StatusCode::BAD_REQUEST,
-                "The request body must be a JSON object.",
-                10000,
-            );
-        }
-        Err(e) => return bad_json(&e),
-    };
-    let contact_key = match get_ci(&fields, "ContactKey") {
-        Some(Value::String(s)) if !s.is_empty() => s.clone(),
-        _ => {
-            return sfmc_error(
-                StatusCode::BAD_REQUEST,
-                "ContactKey is required and must be a non-empty string.",
-                30000,
-            );
-        }
-    };
-    let definition = match get_ci(&fields, "EventDefinitionKey") {
-        Some(Value::String(s)) if !s.is_empty() => s.clone(),
-        _ => {
-            return sfmc_error(
-                StatusCode::BAD_REQUEST,
-                "EventDefinitionKey is required and must be a non-empty string.",
-                30000,
-            );
-        }
-    };
-    let known = &st.config().api_events;
-    if !known.is_empty() && !known.contains(&definition) {
-        return sfmc_error(
+/// A request body that must be a JSON object (else the 400 to answer).
+pub(super) fn json_object(body: &[u8]) -> Result<Map<String, Value>, Box<Response>> {
+    match serde_json::from_slice::<Value>(body) {
+        Ok(Value::Object(m)) => Ok(m),
+        Ok(_) => Err(Box::new(sfmc_error(
             StatusCode::BAD_REQUEST,
-            format!(
-                "Unable to queue Event Definition. Event Definition with key '{definition}' not found."
-            ),
-            30000,
-        );
+            "The request body must be a JSON object.",
+            10000,
+        ))),
+        Err(e) => Err(Box::new(bad_json(&e))),
+    }
+}
+
+/// A member (named case-insensitively) that must be a non-empty string (else the 400).
+pub(super) fn required_str(
+    fields: &Map<String, Value>,
+    name: &str,
+    errorcode: u32,
+) -> Result<String, Box<Response>> {
+    match get_ci(fields, name) {
+        Some(Value::String(s)) if !s.is_empty() => Ok(s.clone()),
+        _ => Err(Box::new(sfmc_error(
+            StatusCode::BAD_REQUEST,
+            format!("{name} is required and must be a non-empty string."),
+            errorcode,
+        ))),
+    }
+}
+
+async fn events(State(st): St, body: Bytes) -> Response {
+    let fields = match json_object(&body) {
+        Ok(m) => m,
+        Err(r) => return *r,
+    };
+    let (contact_key, definition) = match (
+        required_str(&fields, "ContactKey", 30000),
+        required_str(&fields, "EventDefinitionKey", 30000),
+    ) {
+        (Ok(c), Ok(d)) => (c, d),
+        (Err(r), _) | (_, Err(r)) => return *r,
+    };
+    if !bulk::definition_known(&st, &definition) {
+        return bulk::unknown_definition(&definition);
     }
     let data = match get_ci(&fields, "Data") {
         None | Some(Value::Null) => Value::Object(Map::new()),
         Some(v @ Value::Object(_)) => v.clone(),
         Some(_) => return sfmc_error(StatusCode::BAD_REQUEST, "Data must be an object.", 30000),
     };
+    if let Value::Object(m) = &data
+        && let Err(message) = bulk::check_event_data(&st, &definition, m)
+    {
+        return sfmc_error(StatusCode::BAD_REQUEST, message, 30000);
+    }
     let id = st.new_uuid();
     st.record_event(json!({
         "eventInstanceId": id,

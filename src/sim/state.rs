@@ -10,6 +10,7 @@ use std::time::{Duration, Instant};
 use serde::Serialize;
 use serde_json::{Map, Value, json};
 
+use super::bulk::{BulkState, BulkStats};
 use super::config::{Faults, SimConfig, UnknownDataExtensions};
 use super::rows::{
     Cols, NO_SLOT, StoredCols, Val, ValIn, clear_slots, cols_to_map, merge_cols, put_col,
@@ -47,6 +48,8 @@ pub struct SimStats {
     pub faults_injected: BTreeMap<String, u64>,
     /// Upserts not recorded in the log because `log_limit` was reached.
     pub log_dropped: u64,
+    /// The bulk endpoints: async rows, establish, async journey events.
+    pub bulk: BulkStats,
 }
 
 impl SimStats {
@@ -259,6 +262,8 @@ pub struct SimState {
     data: Mutex<Data>,
     stats: Mutex<SimStats>,
     ids: Mutex<fastrand::Rng>,
+    /// Async row requests, event definitions and bulk statistics (`bulk.rs`).
+    pub(crate) bulk: BulkState,
 }
 
 impl std::fmt::Debug for SimState {
@@ -279,6 +284,7 @@ impl SimState {
             schemas.insert(key.to_lowercase(), schema);
         }
         SimState {
+            bulk: BulkState::new(&config),
             faults: Mutex::new(FaultState::new(config.faults.clone())),
             config,
             base_url,
@@ -444,9 +450,12 @@ impl SimState {
         }
     }
 
-    /// A snapshot of the statistics.
+    /// A snapshot of the statistics (async row requests that are due are applied first).
     pub fn stats(&self) -> SimStats {
-        lock(&self.stats).clone()
+        self.bulk.settle(self);
+        let mut stats = lock(&self.stats).clone();
+        stats.bulk = self.bulk.stats();
+        stats
     }
 
     // ----- data extensions ----------------------------------------------------------
@@ -481,8 +490,20 @@ impl SimState {
         }
     }
 
-    /// Store prepared rows (in order) and count `rejected` refused rows.
+    /// Store prepared rows (in order) and count `rejected` refused rows, after the async
+    /// row requests that finished before now.
     pub(crate) fn apply_rows(&self, target: &DeTarget, rows: Vec<PreparedRow<'_>>, rejected: u64) {
+        self.bulk.settle(self);
+        self.apply_rows_now(target, rows, rejected);
+    }
+
+    /// [`SimState::apply_rows`] without settling async requests (used by the settling).
+    pub(crate) fn apply_rows_now(
+        &self,
+        target: &DeTarget,
+        rows: Vec<PreparedRow<'_>>,
+        rejected: u64,
+    ) {
         let accepted = rows.len() as u64;
         if accepted > 0 {
             let log_limit = self.config.log_limit;
@@ -564,6 +585,7 @@ impl SimState {
     /// `{"keys":{...},"values":{...}}`, in first-insert order. `None` if the data extension
     /// is neither declared nor has received rows.
     pub fn rows_opt(&self, key: &str) -> Option<Vec<Value>> {
+        self.bulk.settle(self);
         let lower = key.to_lowercase();
         let data = lock(&self.data);
         match data.de(&lower) {
@@ -590,6 +612,7 @@ impl SimState {
 
     /// Data extensions that are declared or received rows: (key, GUID, stored row count).
     pub fn data_extensions(&self) -> Vec<(String, String, usize)> {
+        self.bulk.settle(self);
         let data = lock(&self.data);
         let mut out: Vec<(String, String, usize)> = self
             .config
@@ -610,6 +633,7 @@ impl SimState {
 
     /// Every accepted row upsert in arrival order.
     pub fn log(&self) -> Vec<LogEntry> {
+        self.bulk.settle(self);
         let data = lock(&self.data);
         data.log
             .iter()
@@ -627,15 +651,29 @@ impl SimState {
 
     // ----- contacts and events ------------------------------------------------------
 
+    /// Create a contact, or find it; its attribute sets are left as they are
+    /// (`/contacts/v1/establish`). Returns (contactId, isNew).
+    pub(crate) fn establish_contact(&self, key: &str) -> (u64, bool) {
+        self.put_contact(key, None)
+    }
+
     /// Create or update a contact; returns (contactId, isNew).
     pub(crate) fn upsert_contact(&self, key: &str, attribute_sets: Value) -> (u64, bool) {
+        self.put_contact(key, Some(attribute_sets))
+    }
+
+    /// Create a contact or find it, replacing its attribute sets when given.
+    fn put_contact(&self, key: &str, attribute_sets: Option<Value>) -> (u64, bool) {
         let result = {
             let mut data = lock(&self.data);
             if let Some(&i) = data.contact_index.get(key) {
                 let c = &mut data.contacts[i];
-                c.attribute_sets = attribute_sets;
+                if let Some(sets) = attribute_sets {
+                    c.attribute_sets = sets;
+                }
                 (c.id, false)
             } else {
+                let attribute_sets = attribute_sets.unwrap_or_else(|| Value::Array(Vec::new()));
                 let id = 10_000_001 + data.contacts.len() as u64;
                 let i = data.contacts.len();
                 data.contacts.push(Contact {
@@ -681,6 +719,7 @@ impl SimState {
     /// Forget rows, contacts, events, the log and statistics; reseed the fault RNG.
     /// Tokens stay valid.
     pub fn reset(&self) {
+        self.bulk.reset(&self.config);
         *lock(&self.data) = Data::default();
         *lock(&self.stats) = SimStats::default();
         let faults = self.faults();
@@ -745,6 +784,7 @@ impl SimState {
             "Tokens issued: {}; rows upserted: {}; rows rejected: {}",
             stats.tokens_issued, stats.rows_upserted, stats.rows_rejected
         );
+        out.push_str(&stats.bulk.summary_lines());
         if !stats.faults_injected.is_empty() {
             let parts: Vec<String> = stats
                 .faults_injected

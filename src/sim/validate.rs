@@ -99,6 +99,10 @@ pub(crate) fn format_uuid(bits: u128) -> String {
     )
 }
 
+/// SFMC's message for a row whose values hold no column of the data extension.
+pub(crate) const NO_EXISTING_FIELD: &str =
+    "At least one existing field is required in the values property";
+
 /// Why a row was refused.
 #[derive(Debug, Clone, PartialEq)]
 pub(crate) enum RowError {
@@ -106,7 +110,7 @@ pub(crate) enum RowError {
     MissingPrimaryKey(String),
     /// Column-level errors (aggregate 400 errorcode 10006 with `additionalErrors`).
     Invalid(Vec<String>),
-    /// No existing column among keys and values.
+    /// No existing column among the values (keys do not count, as in SFMC).
     NoExistingField,
     /// The row is not `{"keys":{...},"values":{...}}`.
     Malformed(String),
@@ -254,7 +258,6 @@ pub(crate) fn prepare_declared<'a>(
         let Some(idx) = lookup_at(schema, memo, 0, i, &raw) else {
             continue;
         };
-        existing += 1;
         let (name, ty) = &schema.columns[idx];
         let is_pk = schema.is_pk(idx);
         if let Err(e) = check_val(name, *ty, &v, is_pk) {
@@ -306,7 +309,8 @@ pub(crate) fn prepare_undeclared(
     case_insensitive_values: bool,
 ) -> Result<PreparedRow<'_>, RowError> {
     let (keys, values) = split_row(row)?;
-    if keys.is_empty() && values.is_empty() {
+    // Every column of an undeclared data extension exists, but keys do not count.
+    if values.is_empty() {
         return Err(RowError::NoExistingField);
     }
     let identity = if keys.is_empty() {

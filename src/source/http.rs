@@ -57,6 +57,22 @@ pub const MAX_BATCH_BYTES: usize = 500 * 1024;
 /// Segment's limit on events per batch request; later ones are rejected alone.
 pub const MAX_BATCH_EVENTS: usize = 2500;
 
+/// The environment variable holding the accepted write keys (comma-separated).
+pub const WRITE_KEYS_VAR: &str = "SFMC_RELAY_WRITE_KEYS";
+
+/// The write keys in [`WRITE_KEYS_VAR`]: comma-separated, trimmed, empty ones dropped.
+pub fn write_keys(env: &crate::env::Env) -> Vec<String> {
+    parse_write_keys(&env.get(WRITE_KEYS_VAR).unwrap_or_default())
+}
+
+/// `"k1, k2,,k3"` -> `["k1", "k2", "k3"]`.
+pub fn parse_write_keys(list: &str) -> Vec<String> {
+    list.split(',')
+        .map(|k| k.trim().to_string())
+        .filter(|k| !k.is_empty())
+        .collect()
+}
+
 /// Everything the handlers share.
 pub struct Ingest {
     pub spool: Arc<Spool>,
@@ -589,10 +605,13 @@ async fn ingest(
     let mut duplicates = 0u64;
     {
         let mut seen = st.recent_ids.lock().unwrap_or_else(|e| e.into_inner());
-        for Incoming {
-            mut event,
-            rejected,
-        } in events
+        for (
+            index,
+            Incoming {
+                mut event,
+                rejected,
+            },
+        ) in events.into_iter().enumerate()
         {
             if let Some(k) = event
                 .get("messageId")
@@ -608,7 +627,7 @@ async fn ingest(
             stamp(&mut event, &now);
             let ty = metrics::type_index(event.get("type").and_then(Value::as_str));
             match rejected {
-                Some((why, reason)) => refused.push((ty, why, event, reason)),
+                Some((why, reason)) => refused.push((index as u64, ty, why, event, reason)),
                 None => {
                     types[ty] += 1;
                     payloads.push(serde_json::to_vec(&event).expect("JSON values serialize"));
@@ -635,10 +654,10 @@ async fn ingest(
         let (dead, version) = (st.dead_letters.clone(), (st.rules)().version.clone());
         let written = tokio::task::spawn_blocking(move || {
             let mut done = Vec::with_capacity(refused.len());
-            for (ty, why, event, reason) in refused {
+            for (index, ty, why, event, reason) in refused {
                 tracing::warn!("ingest: {reason}: dead-lettered");
                 dead.write(
-                    0,
+                    &crate::source::Origin::Ingest { index },
                     &version,
                     &Value::Object(event),
                     &Failure::rejected(reason),
@@ -652,7 +671,7 @@ async fn ingest(
             Ok(Ok(done)) => {
                 for (ty, why) in done {
                     m.reject_event(why);
-                    m.dead_lettered.add(ty, 1);
+                    m.outcomes.dead_lettered.add(ty, 1);
                 }
             }
             Ok(Err(e)) => {

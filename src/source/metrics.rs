@@ -1,5 +1,6 @@
 //! Ingest and delivery counters, rendered as Prometheus text for `GET /metrics`.
 
+use crate::pipeline::Outcomes;
 use crate::sfmc::ClientStats;
 use crate::spool::SpoolStats;
 use std::fmt::Write;
@@ -64,9 +65,8 @@ pub const EVENT_REJECTIONS: [&str; 2] = ["too_large", "too_many_in_batch"];
 #[derive(Default)]
 pub struct Metrics {
     pub received: PerType,
-    pub delivered: PerType,
-    pub skipped: PerType,
-    pub dead_lettered: PerType,
+    /// Delivered / skipped / dead-lettered, by type, and skip reasons: the pipeline's.
+    pub outcomes: Arc<Outcomes>,
     pub refused: [AtomicU64; REFUSALS.len()],
     /// Events of accepted batches dead-lettered by the ingest, by [`EVENT_REJECTIONS`].
     pub events_rejected: [AtomicU64; EVENT_REJECTIONS.len()],
@@ -123,20 +123,40 @@ pub fn render(
         &mut o,
         "sfmc_relay_events_delivered_total",
         "Events whose SFMC calls all succeeded.",
-        &m.delivered,
+        &m.outcomes.delivered,
     );
     per_type(
         &mut o,
         "sfmc_relay_events_skipped_total",
         "Events the rules skip (nothing to send).",
-        &m.skipped,
+        &m.outcomes.skipped,
     );
     per_type(
         &mut o,
         "sfmc_relay_events_dead_lettered_total",
         "Events written to the dead-letter file (rejected by the rules or failed in SFMC).",
-        &m.dead_lettered,
+        &m.outcomes.dead_lettered,
     );
+    let reasons = m.outcomes.skip_reasons();
+    let _ = writeln!(
+        o,
+        "# HELP sfmc_relay_events_skipped_by_reason_total Events the rules skip, by reason (the {} most frequent by name, the rest as \"other\").\n# TYPE sfmc_relay_events_skipped_by_reason_total counter",
+        crate::pipeline::SKIP_REASONS_KEPT
+    );
+    for (reason, n) in reasons.top() {
+        let _ = writeln!(
+            o,
+            "sfmc_relay_events_skipped_by_reason_total{{reason=\"{}\"}} {n}",
+            escape(reason)
+        );
+    }
+    if reasons.other() > 0 {
+        let _ = writeln!(
+            o,
+            "sfmc_relay_events_skipped_by_reason_total{{reason=\"other\"}} {}",
+            reasons.other()
+        );
+    }
     let _ = writeln!(
         o,
         "# HELP sfmc_relay_requests_refused_total Ingest requests answered with an error, by reason.\n# TYPE sfmc_relay_requests_refused_total counter"

@@ -1,0 +1,136 @@
+//! The SFMC target a pipeline delivers to: the client for the rules' delivery settings and
+//! the environment's credentials, or the built-in simulator when there are none.
+
+use super::{Env, RunError};
+use crate::rules::Program;
+use crate::sfmc::sink::SinkConfig;
+use crate::sfmc::{ClientConfig, Credentials, Endpoints, RetryPolicy, SfmcClient};
+use crate::sim::{self, SimHandle};
+use std::num::NonZeroU32;
+
+/// Where events are delivered: SFMC, or the built-in simulator without credentials.
+pub struct Target {
+    pub client: SfmcClient,
+    /// The built-in simulator, when no credentials were set.
+    pub sim: Option<SimHandle>,
+    /// A short stable name of the account (hosts, MID, client id; never the secret), for
+    /// state kept across runs; `None` for the built-in simulator (fresh every run).
+    pub tenant: Option<String>,
+}
+
+/// The SFMC client for `program`'s delivery settings and the environment's credentials;
+/// without credentials, starts the built-in simulator (and says so on stderr).
+pub async fn target(
+    program: &Program,
+    env: &Env,
+    requests_per_second: Option<u32>,
+) -> Result<Target, RunError> {
+    let env = |k: &str| env.get(k).filter(|v| !v.is_empty());
+    let d = &program.settings.delivery;
+    let rps = requests_per_second
+        .or(Some(d.requests_per_second.unwrap_or(0)))
+        .and_then(NonZeroU32::new);
+    let config = ClientConfig {
+        requests_per_second: rps,
+        max_in_flight: d.max_in_flight,
+        request_timeout: d.request_timeout,
+        retry: RetryPolicy {
+            max_attempts: d.retry_attempts,
+            max_elapsed: d.retry_within,
+            base_delay: d.retry_base_delay,
+            max_delay: d.retry_max_delay,
+        },
+    };
+    let has_id = env("SFMC_CLIENT_ID").is_some();
+    let has_secret = env("SFMC_CLIENT_SECRET").is_some();
+    if has_id != has_secret {
+        return Err(RunError::Config(format!(
+            "{} is set but {} is not: set both (or neither, to use the built-in SFMC simulator)",
+            if has_id {
+                "SFMC_CLIENT_ID"
+            } else {
+                "SFMC_CLIENT_SECRET"
+            },
+            if has_id {
+                "SFMC_CLIENT_SECRET"
+            } else {
+                "SFMC_CLIENT_ID"
+            },
+        )));
+    }
+    if !has_id {
+        let handle = sim::start(sim::SimConfig::default(), ([127, 0, 0, 1], 0).into())
+            .await
+            .map_err(|e| RunError::Io(format!("cannot start the built-in SFMC simulator: {e}")))?;
+        eprintln!(
+            "sfmc-relay: no SFMC credentials (SFMC_CLIENT_ID, SFMC_CLIENT_SECRET) in the environment: \
+delivering to the built-in SFMC simulator at {} (nothing leaves this machine)",
+            handle.base_url()
+        );
+        let endpoints = Endpoints::resolve(None, Some(handle.base_url()), Some(handle.base_url()))
+            .map_err(|e| RunError::Config(e.to_string()))?;
+        let creds = Credentials {
+            client_id: "sfmc-relay-simulator".into(),
+            client_secret: "simulator".into(),
+            account_id: None,
+        };
+        let client = SfmcClient::new(endpoints, creds, config)
+            .map_err(|e| RunError::Config(e.to_string()))?;
+        return Ok(Target {
+            client,
+            sim: Some(handle),
+            tenant: None,
+        });
+    }
+    let subdomain = env("SFMC_SUBDOMAIN").or_else(|| program.settings.subdomain.clone());
+    let endpoints = Endpoints::resolve(
+        subdomain.as_deref(),
+        env("SFMC_AUTH_URL").as_deref(),
+        env("SFMC_REST_URL").as_deref(),
+    )
+    .map_err(|e| RunError::Config(e.to_string()))?;
+    let tenant = {
+        // FNV-1a over what names the account: stable across runs and versions.
+        let mut h: u64 = 0xcbf2_9ce4_8422_2325;
+        for part in [
+            subdomain.clone().unwrap_or_default(),
+            env("SFMC_AUTH_URL").unwrap_or_default(),
+            env("SFMC_REST_URL").unwrap_or_default(),
+            env("SFMC_ACCOUNT_ID")
+                .or_else(|| program.settings.account_id.clone())
+                .unwrap_or_default(),
+            env("SFMC_CLIENT_ID").unwrap_or_default(),
+        ] {
+            for b in part.bytes().chain([0u8]) {
+                h = (h ^ u64::from(b)).wrapping_mul(0x0100_0000_01b3);
+            }
+        }
+        format!("{h:016x}")
+    };
+    let creds = Credentials {
+        client_id: env("SFMC_CLIENT_ID").unwrap_or_default(),
+        client_secret: env("SFMC_CLIENT_SECRET").unwrap_or_default().into(),
+        account_id: env("SFMC_ACCOUNT_ID").or_else(|| program.settings.account_id.clone()),
+    };
+    let client =
+        SfmcClient::new(endpoints, creds, config).map_err(|e| RunError::Config(e.to_string()))?;
+    Ok(Target {
+        client,
+        sim: None,
+        tenant: Some(tenant),
+    })
+}
+
+/// The sink settings from the rules' `delivery:` section.
+pub fn sink_config(program: &Program) -> SinkConfig {
+    let d = &program.settings.delivery;
+    SinkConfig {
+        batch_rows: d.batch_rows,
+        batch_bytes: d.batch_bytes,
+        linger: d.linger,
+        lanes: d.max_in_flight.max(1),
+        contact_cache: d.contact_cache,
+        contact_batch: SinkConfig::default().contact_batch,
+        contact_state: None,
+    }
+}

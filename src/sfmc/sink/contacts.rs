@@ -1,0 +1,251 @@
+//! Contacts: the cache of Contact Keys already created (each is created once, and with a
+//! state file, once across restarts), and the contact lane that creates new ones in
+//! batches through `/contacts/v1/establish`.
+
+use super::Shared;
+use super::send::failure_from;
+use super::ticket::Ticket;
+use crate::action::ESTABLISH_PATH;
+use crate::sfmc::deadletter::Failure;
+use bytes::Bytes;
+use reqwest::Method;
+use serde_json::{Value, json};
+use std::collections::{HashSet, VecDeque};
+use std::fs::{File, OpenOptions};
+use std::io::{BufRead, BufReader, Write};
+use std::path::{Path, PathBuf};
+use std::sync::{Arc, Mutex};
+use tokio::sync::mpsc;
+use tokio::task::JoinSet;
+use tokio::time::Instant;
+
+/// Contact Keys already created (or being created), bounded, oldest forgotten first.
+pub(super) struct ContactCache {
+    cap: usize,
+    set: HashSet<String>,
+    order: VecDeque<String>,
+}
+
+impl ContactCache {
+    pub(super) fn new(cap: usize) -> Self {
+        ContactCache {
+            cap,
+            set: HashSet::new(),
+            order: VecDeque::new(),
+        }
+    }
+}
+
+impl ContactCache {
+    /// True when `key` was not known (the caller must create it).
+    pub(super) fn claim(&mut self, key: &str) -> bool {
+        if self.cap == 0 {
+            return true;
+        }
+        if self.set.contains(key) {
+            return false;
+        }
+        if self.set.len() >= self.cap
+            && let Some(old) = self.order.pop_front()
+        {
+            self.set.remove(&old);
+        }
+        self.set.insert(key.to_string());
+        self.order.push_back(key.to_string());
+        true
+    }
+    pub(super) fn forget(&mut self, key: &str) {
+        self.set.remove(key);
+    }
+}
+
+/// One Contact Key to create, for the contact lane.
+pub(super) struct ContactMsg {
+    pub(super) key: String,
+    pub(super) ticket: Arc<Ticket>,
+}
+
+/// The contact lane: Contact Keys gathered into `POST /contacts/v1/establish` calls of up to
+/// `contact_batch` keys (or what arrived within `linger`), one call in flight per lane
+/// batch; results are matched to keys by position (SFMC answers in request order).
+pub(super) async fn contact_lane(shared: Arc<Shared>, mut rx: mpsc::Receiver<ContactMsg>) {
+    let max = shared.config.contact_batch.max(1);
+    let linger = shared.config.linger;
+    let mut calls = JoinSet::new();
+    loop {
+        let Some(first) = rx.recv().await else { break };
+        let mut batch = vec![first];
+        let deadline = Instant::now() + linger;
+        while batch.len() < max {
+            match tokio::time::timeout_at(deadline, rx.recv()).await {
+                Ok(Some(m)) => batch.push(m),
+                Ok(None) | Err(_) => break,
+            }
+        }
+        // Several calls may be in flight (the client bounds them); each key is in one.
+        while calls.len() >= shared.config.lanes.max(1) {
+            calls.join_next().await;
+        }
+        calls.spawn(establish(shared.clone(), batch));
+    }
+    while calls.join_next().await.is_some() {}
+}
+
+/// The body of an establish call.
+pub(super) fn establish_body(keys: &[&str]) -> Vec<u8> {
+    serde_json::to_vec(&json!({"contactKeys": keys, "includeNewContactAwareness": true}))
+        .expect("JSON values serialize")
+}
+
+/// Whether item `i` of an establish answer confirms `key` (`None`), or why not.
+pub(super) fn establish_item_error(body: &Value, i: usize, key: &str) -> Option<String> {
+    let Some(item) = body.get("items").and_then(|v| v.get(i)) else {
+        return Some(format!(
+            "SFMC's establish answer has no result for Contact Key {key:?} (item {i})"
+        ));
+    };
+    if let Some(msg) = item
+        .get("message")
+        .or_else(|| item.get("errorMessage"))
+        .and_then(Value::as_str)
+        && item.get("value").is_none()
+    {
+        return Some(format!("SFMC refused Contact Key {key:?}: {msg}"));
+    }
+    let got = item
+        .get("value")
+        .and_then(|v| v.get("requestedContactKey"))
+        .and_then(Value::as_str);
+    match got {
+        Some(k) if k == key => None,
+        Some(k) => Some(format!(
+            "SFMC's establish answer is out of order: item {i} is {k:?}, expected {key:?}"
+        )),
+        None => Some(format!(
+            "SFMC's establish answer has no contact for {key:?} (item {i})"
+        )),
+    }
+}
+
+async fn establish(shared: Arc<Shared>, batch: Vec<ContactMsg>) {
+    let keys: Vec<&str> = batch.iter().map(|m| m.key.as_str()).collect();
+    let body = Bytes::from(establish_body(&keys));
+    let result = shared
+        .client
+        .send(Method::POST, ESTABLISH_PATH, body.clone())
+        .await;
+    let mut confirmed = Vec::with_capacity(batch.len());
+    match result {
+        Ok(resp) => {
+            for (i, m) in batch.into_iter().enumerate() {
+                match establish_item_error(&resp.body, i, &m.key) {
+                    None => {
+                        confirmed.push(m.key);
+                        m.ticket.done(Ok(()));
+                    }
+                    Some(reason) => {
+                        shared.forget_contact(&m.key);
+                        m.ticket.done(Err(Failure {
+                            reason,
+                            call: Some(json!({"method": "POST", "path": ESTABLISH_PATH,
+                                "body": {"contactKeys": [m.key], "includeNewContactAwareness": true}})),
+                            status: Some(resp.status),
+                            errorcode: None,
+                            attempts: None,
+                        }));
+                    }
+                }
+            }
+        }
+        Err(e) => {
+            for m in batch {
+                shared.forget_contact(&m.key);
+                let call = json!({"method": "POST", "path": ESTABLISH_PATH,
+                    "body": {"contactKeys": [m.key], "includeNewContactAwareness": true}});
+                m.ticket.done(Err(failure_from(&e, call)));
+            }
+        }
+    }
+    if let Some(state) = &shared.contact_state {
+        state.record(&confirmed);
+    }
+}
+
+/// The contact cache's state file: Contact Keys known to exist, one JSON string per line,
+/// appended as SFMC confirms them, so a restart does not create them again. Read at start
+/// (the newest `cap` keys), rewritten when it holds more than twice that.
+pub struct ContactState {
+    path: PathBuf,
+    out: Mutex<Option<std::io::BufWriter<File>>>,
+}
+
+impl ContactState {
+    /// Open `path` and load its keys into `cache`.
+    pub(super) fn open(path: &Path, cache: &mut ContactCache) -> std::io::Result<ContactState> {
+        let mut keys: VecDeque<String> = VecDeque::new();
+        let mut lines = 0usize;
+        match File::open(path) {
+            Ok(f) => {
+                for line in BufReader::new(f).lines() {
+                    let line = line?;
+                    lines += 1;
+                    // A torn last line (a crash mid-write) is skipped.
+                    if let Ok(k) = serde_json::from_str::<String>(&line) {
+                        keys.push_back(k);
+                        if cache.cap > 0 && keys.len() > cache.cap {
+                            keys.pop_front();
+                        }
+                    }
+                }
+            }
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+            Err(e) => return Err(e),
+        }
+        if let Some(dir) = path.parent()
+            && !dir.as_os_str().is_empty()
+        {
+            std::fs::create_dir_all(dir)?;
+        }
+        if lines > 2 * keys.len().max(1) {
+            let tmp = path.with_extension("tmp");
+            let mut w = std::io::BufWriter::new(File::create(&tmp)?);
+            for k in &keys {
+                serde_json::to_writer(&mut w, k)?;
+                w.write_all(b"\n")?;
+            }
+            w.flush()?;
+            std::fs::rename(&tmp, path)?;
+        }
+        for k in &keys {
+            cache.claim(k);
+        }
+        let f = OpenOptions::new().create(true).append(true).open(path)?;
+        Ok(ContactState {
+            path: path.to_path_buf(),
+            out: Mutex::new(Some(std::io::BufWriter::new(f))),
+        })
+    }
+
+    pub(super) fn record(&self, keys: &[String]) {
+        if keys.is_empty() {
+            return;
+        }
+        let mut g = self.out.lock().unwrap_or_else(|e| e.into_inner());
+        let Some(w) = g.as_mut() else { return };
+        let r = keys
+            .iter()
+            .try_for_each(|k| {
+                serde_json::to_writer(&mut *w, k)?;
+                w.write_all(b"\n")
+            })
+            .and_then(|()| w.flush());
+        if let Err(e) = r {
+            // The cache still works in memory; a restart may create these keys again.
+            tracing::warn!(
+                "contact state file {}: {e}; known contacts are no longer saved",
+                self.path.display()
+            );
+            *g = None;
+        }
+    }
+}

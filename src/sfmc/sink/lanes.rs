@@ -1,0 +1,127 @@
+//! Lanes and batching: one task per (data extension, hash(primary key) % lanes). A lane
+//! owns its pending batch, coalesces rows of one primary key, flushes on `batch_rows`,
+//! `batch_bytes` or `linger`, and sends one batch at a time (per-key order).
+
+use super::Shared;
+use super::isolate::send_rows;
+use super::prepare::{RowText, merge_rows};
+use super::ticket::Ticket;
+use crate::action::rowset_path;
+use indexmap::IndexMap;
+use std::sync::Arc;
+use std::sync::atomic::Ordering;
+use tokio::sync::mpsc;
+use tokio::time::Instant;
+
+pub(super) struct RowMsg {
+    pub(super) pk: Box<str>,
+    pub(super) json: RowText,
+    pub(super) ticket: Arc<Ticket>,
+}
+
+/// A row in a pending batch: possibly several events' rows coalesced.
+pub(super) struct Row {
+    pub(super) json: RowText,
+    pub(super) tickets: Vec<Arc<Ticket>>,
+}
+
+pub(super) async fn lane_loop(shared: Arc<Shared>, de: String, mut rx: mpsc::Receiver<RowMsg>) {
+    let path = rowset_path(&de);
+    let cfg = shared.config.clone();
+    let mut carry: Option<RowMsg> = None;
+    loop {
+        let first = match carry.take() {
+            Some(m) => m,
+            None => match rx.recv().await {
+                Some(m) => m,
+                None => break,
+            },
+        };
+        let mut batch: IndexMap<Box<str>, Row> = IndexMap::with_capacity(cfg.batch_rows);
+        // `[` and `]`, plus each row and its comma.
+        let mut bytes = 2usize;
+        let deadline = Instant::now() + cfg.linger;
+        let mut next = Some(first);
+        loop {
+            if let Some(m) = next.take() {
+                if let Some(row) = batch.get_mut(&m.pk) {
+                    let merged = merge_rows(&row.json, &m.json);
+                    bytes = bytes + merged.len() - row.json.len();
+                    row.json = merged;
+                    row.tickets.push(m.ticket);
+                    shared
+                        .counters
+                        .rows_coalesced
+                        .fetch_add(1, Ordering::Relaxed);
+                } else if !batch.is_empty()
+                    && (batch.len() >= cfg.batch_rows || bytes + m.json.len() + 1 > cfg.batch_bytes)
+                {
+                    carry = Some(m);
+                    break;
+                } else {
+                    bytes += m.json.len() + 1;
+                    batch.insert(
+                        m.pk,
+                        Row {
+                            json: m.json,
+                            tickets: vec![m.ticket],
+                        },
+                    );
+                }
+            }
+            if batch.len() >= cfg.batch_rows {
+                break;
+            }
+            match tokio::time::timeout_at(deadline, rx.recv()).await {
+                Ok(Some(m)) => next = Some(m),
+                Ok(None) | Err(_) => break,
+            }
+        }
+        send_rows(&shared, &path, batch.into_values().collect()).await;
+    }
+}
+
+/// A rowset body: the rows' JSON in an array.
+pub(super) fn rowset_body(rows: &[Row]) -> Vec<u8> {
+    let mut out = Vec::with_capacity(2 + rows.iter().map(|r| r.json.len() + 1).sum::<usize>());
+    out.push(b'[');
+    for (i, r) in rows.iter().enumerate() {
+        if i > 0 {
+            out.push(b',');
+        }
+        out.extend_from_slice(&r.json.json);
+    }
+    out.push(b']');
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::action::Action;
+    use serde_json::{Value, json};
+
+    fn prepared_json(keys: Value, values: Value) -> RowText {
+        super::super::prepare::row_text_of(Action::UpsertRow {
+            data_extension: "De".into(),
+            keys: keys.as_object().unwrap().clone().into_iter().collect(),
+            values: values.as_object().unwrap().clone().into_iter().collect(),
+        })
+    }
+
+    #[test]
+    fn rowset_body_is_a_json_array_of_the_rows() {
+        let rows: Vec<Row> = [json!({"A": 1}), json!({"B": "x"})]
+            .into_iter()
+            .map(|v| Row {
+                json: prepared_json(json!({"K": "k"}), v),
+                tickets: vec![],
+            })
+            .collect();
+        assert_eq!(
+            serde_json::from_slice::<Value>(&rowset_body(&rows)).unwrap(),
+            json!([{"keys": {"K": "k"}, "values": {"A": 1}}, {"keys": {"K": "k"}, "values": {"B": "x"}}])
+        );
+        assert_eq!(rowset_body(&[]), b"[]");
+    }
+}

@@ -10,12 +10,11 @@
 //! `sfmc_relay_events_duplicate_total`). Ids the relay made up itself (`relay-...`, for
 //! events that came without one) are never looked up: they are unique by construction.
 //!
-//! Ids are kept as 64-bit hashes (a false match needs a collision among the window's
-//! ids: odds about 1 in 10^9 per window).
+//! The window is the pipeline's [`SeenIds`] (64-bit hashes; a false match needs a
+//! collision among the window's ids: odds about 1 in 10^9 per window).
 
+use crate::pipeline::dedup::SeenIds;
 use crate::spool::record::{self, Decoded};
-use std::collections::{HashSet, VecDeque};
-use std::hash::BuildHasher;
 use std::io;
 use std::path::Path;
 
@@ -25,63 +24,35 @@ pub const WINDOW: usize = 100_000;
 /// The prefix of ids the ingest assigns to events that arrive without one.
 pub const RELAY_ID_PREFIX: &str = "relay-";
 
-/// The last `cap` ids seen, oldest first out.
-pub struct RecentIds {
-    cap: usize,
-    set: HashSet<u64>,
-    order: VecDeque<u64>,
-    hasher: foldhash::quality::RandomState,
-}
+/// The last client `messageId`s spooled ([`SeenIds`], without the relay's own ids).
+pub struct RecentIds(SeenIds);
 
 impl RecentIds {
     pub fn new(cap: usize) -> Self {
-        RecentIds {
-            cap,
-            set: HashSet::with_capacity(cap.min(1 << 16)),
-            order: VecDeque::with_capacity(cap.min(1 << 16)),
-            hasher: Default::default(),
-        }
+        RecentIds(SeenIds::new(cap))
     }
 
-    /// The key of a client-given id; `None` for ids the relay made up (never duplicates).
-    pub fn key(&self, id: &str) -> Option<u64> {
-        (self.cap > 0 && !id.starts_with(RELAY_ID_PREFIX) && !id.is_empty())
-            .then(|| self.hasher.hash_one(id))
+    /// Whether `id` was given by a client (the relay's own ids are never duplicates).
+    pub fn is_client_id(id: &str) -> bool {
+        !id.is_empty() && !id.starts_with(RELAY_ID_PREFIX)
     }
 
-    pub fn contains(&self, key: u64) -> bool {
-        self.set.contains(&key)
+    /// True when `id` is new (a client id is remembered now); false for a duplicate.
+    pub fn remember(&mut self, id: &str) -> bool {
+        !Self::is_client_id(id) || self.0.first_time(id)
     }
 
-    /// Remember `key`; false when it was already there.
-    pub fn insert(&mut self, key: u64) -> bool {
-        if !self.set.insert(key) {
-            return false;
-        }
-        self.order.push_back(key);
-        while self.order.len() > self.cap {
-            if let Some(old) = self.order.pop_front() {
-                self.set.remove(&old);
-            }
-        }
-        true
-    }
-
-    /// Forget `key` (its append failed: the client's retry must be accepted).
-    pub fn remove(&mut self, key: u64) {
-        if self.set.remove(&key)
-            && let Some(i) = self.order.iter().rposition(|k| *k == key)
-        {
-            self.order.remove(i);
-        }
+    /// Forget `id` (its append failed: the client's retry must be accepted).
+    pub fn forget(&mut self, id: &str) {
+        self.0.forget(id)
     }
 
     pub fn len(&self) -> usize {
-        self.set.len()
+        self.0.len()
     }
 
     pub fn is_empty(&self) -> bool {
-        self.set.is_empty()
+        self.0.is_empty()
     }
 
     /// The ids of the newest records in the spool directory `dir` (up to `cap`), read
@@ -100,7 +71,7 @@ impl RecentIds {
         };
         // Names are zero-padded first seqs: newest last.
         segs.sort();
-        let mut newest_first: Vec<u64> = Vec::new();
+        let mut newest_first: Vec<String> = Vec::new();
         'files: for path in segs.iter().rev() {
             let data = std::fs::read(path)?;
             let mut ids = Vec::new();
@@ -115,20 +86,20 @@ impl RecentIds {
                 if let Ok(Id {
                     message_id: Some(id),
                 }) = serde_json::from_slice::<Id>(payload)
-                    && let Some(k) = out.key(&id)
+                    && Self::is_client_id(&id)
                 {
-                    ids.push(k);
+                    ids.push(id);
                 }
             }
-            for k in ids.into_iter().rev() {
-                newest_first.push(k);
+            for id in ids.into_iter().rev() {
+                newest_first.push(id);
                 if newest_first.len() >= cap {
                     break 'files;
                 }
             }
         }
-        for k in newest_first.into_iter().rev() {
-            out.insert(k);
+        for id in newest_first.iter().rev() {
+            out.remember(id);
         }
         Ok(out)
     }
@@ -139,25 +110,19 @@ mod tests {
     use super::*;
 
     #[test]
-    fn window_forgets_the_oldest_and_ignores_relay_ids() {
+    fn remembers_client_ids_only() {
         let mut r = RecentIds::new(2);
-        assert!(r.key("relay-123").is_none());
-        assert!(r.key("").is_none());
-        let (a, b, c) = (
-            r.key("a").unwrap(),
-            r.key("b").unwrap(),
-            r.key("c").unwrap(),
-        );
-        assert!(r.insert(a));
-        assert!(!r.insert(a));
-        assert!(r.insert(b));
-        assert!(r.insert(c));
-        assert!(!r.contains(a) && r.contains(b) && r.contains(c));
-        r.remove(c);
-        assert!(!r.contains(c));
-        assert_eq!(r.len(), 1);
+        assert!(r.remember("relay-123") && r.remember("relay-123"));
+        assert!(r.remember("a"));
+        assert!(!r.remember("a"));
+        assert!(r.remember("b") && r.remember("c"));
+        assert!(r.remember("a"), "the oldest is forgotten");
+        r.forget("a");
+        assert!(r.remember("a"));
+        assert_eq!(r.len(), 2);
         // A window of 0 remembers nothing and drops nothing.
-        assert!(RecentIds::new(0).key("a").is_none());
+        let mut none = RecentIds::new(0);
+        assert!(none.remember("a") && none.remember("a"));
     }
 
     #[test]
@@ -183,11 +148,12 @@ mod tests {
         new.extend_from_slice(b"torn");
         std::fs::write(dir.path().join(format!("{:020}.seg", 0)), &old).unwrap();
         std::fs::write(dir.path().join(format!("{:020}.seg", 5)), &new).unwrap();
-        let r = RecentIds::from_spool(dir.path(), 4).unwrap();
-        let has = |id: &str| r.contains(r.key(id).unwrap());
-        assert!(has("new-5") && has("new-7") && has("old-4") && has("old-3"));
-        assert!(!has("old-2"), "only the newest 4");
+        let mut r = RecentIds::from_spool(dir.path(), 4).unwrap();
         assert_eq!(r.len(), 4);
+        for seen in ["new-5", "new-7", "old-4", "old-3"] {
+            assert!(!r.remember(seen), "{seen} should be remembered");
+        }
+        assert!(r.remember("old-2"), "only the newest 4");
         assert!(
             RecentIds::from_spool(&dir.path().join("none"), 4)
                 .unwrap()

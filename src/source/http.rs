@@ -613,16 +613,14 @@ async fn ingest(
             },
         ) in events.into_iter().enumerate()
         {
-            if let Some(k) = event
-                .get("messageId")
-                .and_then(Value::as_str)
-                .and_then(|id| seen.key(id))
+            if let Some(id) = event.get("messageId").and_then(Value::as_str)
+                && RecentIds::is_client_id(id)
             {
-                if !seen.insert(k) {
+                if !seen.remember(id) {
                     duplicates += 1;
                     continue;
                 }
-                remembered.push(k);
+                remembered.push(id.to_string());
             }
             stamp(&mut event, &now);
             let ty = metrics::type_index(event.get("type").and_then(Value::as_str));
@@ -641,10 +639,10 @@ async fn ingest(
             "ingest: {duplicates} event(s) with a messageId accepted before: not spooled again"
         );
     }
-    let forget = |keys: &[u64]| {
+    let forget = |ids: &[String]| {
         let mut seen = st.recent_ids.lock().unwrap_or_else(|e| e.into_inner());
-        for k in keys {
-            seen.remove(*k);
+        for id in ids {
+            seen.forget(id);
         }
     };
     if !refused.is_empty() {

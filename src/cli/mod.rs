@@ -194,7 +194,6 @@ pub fn sim(args: SimArgs) -> ExitStatus {
     }
 }
 
-/// `sfmc-relay check`.
 /// `sfmc-relay schema`.
 pub fn schema() -> ExitStatus {
     match commands::schema::print(&mut std::io::stdout().lock()) {

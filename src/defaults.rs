@@ -25,6 +25,9 @@ pub const MAX_IN_FLIGHT: usize = 4;
 pub const REQUEST_TIMEOUT: Duration = Duration::from_secs(30);
 /// `delivery.contact_cache`: Contact Keys remembered as already created.
 pub const CONTACT_CACHE: usize = 100_000;
+/// Contact Keys per `POST /contacts/v1/establish` call (SFMC documents no maximum; keep
+/// batches modest). 1: one `POST /contacts/v1/contacts` per key.
+pub const CONTACT_BATCH: usize = 100;
 /// `delivery.retry.attempts`: per request (the first included), then the rows are
 /// dead-lettered.
 pub const RETRY_ATTEMPTS: u32 = 8;
@@ -83,6 +86,7 @@ mod tests {
             ("max_in_flight", Value::Int(MAX_IN_FLIGHT as u64)),
             ("request_timeout", Value::Duration(REQUEST_TIMEOUT)),
             ("contact_cache", Value::Int(CONTACT_CACHE as u64)),
+            ("contact_batch", Value::Int(CONTACT_BATCH as u64)),
             ("retry.attempts", Value::Int(u64::from(RETRY_ATTEMPTS))),
             ("retry.within", Value::Duration(RETRY_WITHIN)),
             ("retry.base_delay", Value::Duration(RETRY_BASE_DELAY)),
@@ -209,8 +213,8 @@ mod tests {
             (d.batch_rows, d.batch_bytes, d.linger)
         );
         assert_eq!(
-            (sink.lanes, sink.contact_cache),
-            (d.max_in_flight, d.contact_cache)
+            (sink.lanes, sink.contact_cache, sink.contact_batch),
+            (d.max_in_flight, d.contact_cache, d.contact_batch)
         );
         let client = crate::sfmc::ClientConfig::default();
         assert_eq!(

@@ -130,7 +130,8 @@ pub fn sink_config(program: &Program) -> SinkConfig {
         linger: d.linger,
         lanes: d.max_in_flight.max(1),
         contact_cache: d.contact_cache,
-        contact_batch: SinkConfig::default().contact_batch,
+        contact_batch: d.contact_batch,
+        journey_batch: SinkConfig::default().journey_batch,
         contact_state: None,
     }
 }

@@ -479,6 +479,7 @@ fn compile_delivery(c: &mut Ctx, d: &DeliverySection) -> Delivery {
         max_in_flight: c.uint(&d.max_in_flight, def.max_in_flight as u64, 1, 1024) as usize,
         request_timeout: c.duration(&d.request_timeout, def.request_timeout),
         contact_cache: c.uint(&d.contact_cache, def.contact_cache as u64, 0, 100_000_000) as usize,
+        contact_batch: c.uint(&d.contact_batch, def.contact_batch as u64, 1, 1000) as usize,
         ..def
     };
     if let Some(r) = &d.retry {

@@ -47,6 +47,9 @@ pub struct Delivery {
     pub max_in_flight: usize,
     pub request_timeout: Duration,
     pub contact_cache: usize,
+    /// Contact Keys per `/contacts/v1/establish` call (1: one `/contacts/v1/contacts` call
+    /// per key).
+    pub contact_batch: usize,
     pub retry_attempts: u32,
     pub retry_within: Duration,
     pub retry_base_delay: Duration,
@@ -65,6 +68,7 @@ impl Default for Delivery {
             max_in_flight: d::MAX_IN_FLIGHT,
             request_timeout: d::REQUEST_TIMEOUT,
             contact_cache: d::CONTACT_CACHE,
+            contact_batch: d::CONTACT_BATCH,
             retry_attempts: d::RETRY_ATTEMPTS,
             retry_within: d::RETRY_WITHIN,
             retry_base_delay: d::RETRY_BASE_DELAY,

@@ -144,6 +144,10 @@ pub struct DeliverySection {
     /// Contact Keys remembered as already created (default 100000).
     #[schemars(with = "Option<WholeNumber>")]
     pub contact_cache: Option<Raw>,
+    /// Contact Keys per /contacts/v1/establish call (default 100; 1: one
+    /// /contacts/v1/contacts call per key).
+    #[schemars(with = "Option<WholeNumber>")]
+    pub contact_batch: Option<Raw>,
     /// Retries of a failed request.
     pub retry: Option<Spanned<RetrySection>>,
 }

@@ -103,7 +103,7 @@ pub struct ClientStats {
     pub retries_per_endpoint: BTreeMap<String, u64>,
 }
 
-const ENDPOINT_NAMES: [&str; 8] = [
+const ENDPOINT_NAMES: [&str; 10] = [
     "rowset",
     "row",
     "async_rows",
@@ -112,6 +112,8 @@ const ENDPOINT_NAMES: [&str; 8] = [
     "contacts",
     "events",
     "other",
+    "establish",
+    "async_events",
 ];
 
 /// Endpoint pattern of a REST path, used as the `requests_per_endpoint` key.
@@ -141,10 +143,14 @@ fn endpoint_index(path: &str) -> usize {
         } else {
             7
         }
+    } else if p.starts_with("/contacts/v1/establish") {
+        8
     } else if p.starts_with("/contacts/") {
         5
     } else if p.starts_with("/interaction/v1/events") {
         6
+    } else if p.starts_with("/interaction/v1/async/events") {
+        9
     } else {
         7
     }
@@ -530,9 +536,10 @@ impl SfmcClient {
         };
         if (200..300).contains(&status) {
             // SFMC echoes every row of a rowset back; nothing reads that echo, and parsing
-            // it was 17% of a run's instructions (callgrind). Large success bodies are
-            // read (so the connection is reused) but not parsed.
-            let body = if bytes.len() > MAX_PARSED_SUCCESS_BODY {
+            // it was 17% of a run's instructions (callgrind). Large rowset answers are
+            // read (so the connection is reused) but not parsed; every other answer (the
+            // bulk endpoints' results) is read by the caller.
+            let body = if bytes.len() > MAX_PARSED_SUCCESS_BODY && path.ends_with("/rowset") {
                 Value::Null
             } else {
                 parse_body(&bytes)
@@ -575,7 +582,8 @@ impl SfmcClient {
     }
 }
 
-/// Success bodies up to this size are parsed into [`SfmcResponse::body`].
+/// Rowset answers up to this size are parsed into [`SfmcResponse::body`] (larger ones are
+/// an echo nothing reads); other answers are always parsed.
 pub const MAX_PARSED_SUCCESS_BODY: usize = 8 * 1024;
 
 fn parse_body(bytes: &[u8]) -> Value {

@@ -499,8 +499,14 @@ async fn same_key_updates_coalesce_keep_order_and_contacts_are_created_once() {
         "{} rowset calls for {total} events",
         st.calls_to(ROWSET)
     );
-    // One contact creation per Contact Key.
-    assert_eq!(st.calls_to(CONTACTS), users as u64);
+    // Each Contact Key created once, in establish batches (of up to `contact_batch`), never
+    // a call per event or per key.
+    assert_eq!(st.calls_to(CONTACTS), 0);
+    let establish = st.calls_to("POST /contacts/v1/establish");
+    assert!(
+        establish >= 1 && establish <= (users as u64).div_ceil(2),
+        "{establish} establish calls for {users} keys"
+    );
     assert_eq!(sim.contacts().len(), users);
     assert_eq!(s.contacts_cached, total - users as u64);
 }
@@ -626,5 +632,132 @@ async fn dead_letter_line_is_the_line_its_reason_names() {
             reason.starts_with(&format!("line {line}: ")),
             "{line}: {reason}"
         );
+    }
+}
+
+/// The contact cache survives a restart: a second run over the same Contact Keys (same
+/// account, same state directory) creates none of them again; another state directory
+/// does.
+#[tokio::test(flavor = "multi_thread")]
+async fn the_contact_cache_survives_a_restart() {
+    let dir = rules_dir(&Settings::default());
+    let program = load(dir.path());
+    let sim = start_sim("").await;
+    let tmp = tempfile::tempdir().unwrap();
+    let input = tmp.path().join("in.ndjson");
+    let users = 250;
+    let events: Vec<Value> = (0..users)
+        .map(|i| {
+            identify(
+                &format!("u-{i}"),
+                json!({"email": format!("u{i}@example.com")}),
+            )
+        })
+        .collect();
+    write_ndjson(&input, &events);
+    let establish = |sim: &SimHandle| sim.stats().calls_to("POST /contacts/v1/establish");
+    let first = deliver(
+        &program,
+        &input,
+        &tmp.path().join("d1.ndjson"),
+        sim_env(&sim, &[]),
+    )
+    .await;
+    assert_eq!(first.delivered, users as u64, "{}", first.render());
+    let calls = establish(&sim);
+    assert!(
+        (3..=10).contains(&calls),
+        "{calls} establish calls for {users} keys"
+    );
+    assert_eq!(sim.contacts().len(), users);
+    let state: Vec<_> = std::fs::read_dir(tmp.path())
+        .unwrap()
+        .filter_map(|e| e.ok())
+        .filter(|e| {
+            e.file_name()
+                .to_string_lossy()
+                .starts_with("sfmc-relay.contacts.")
+        })
+        .collect();
+    assert_eq!(
+        state.len(),
+        1,
+        "one state file next to the dead-letter file"
+    );
+
+    // Restart: every key is known; no contact call at all.
+    let again = deliver(
+        &program,
+        &input,
+        &tmp.path().join("d2.ndjson"),
+        sim_env(&sim, &[]),
+    )
+    .await;
+    assert_eq!(again.delivered, users as u64);
+    assert_eq!(establish(&sim), calls, "{}", again.render());
+    assert_eq!(again.contacts_cached, users as u64);
+
+    // Elsewhere (another state directory): created again.
+    let other = tempfile::tempdir().unwrap();
+    let fresh = Run {
+        program: program.clone(),
+        input: input.clone(),
+        dead: other.path().join("d.ndjson"),
+        kind: InputKind::Events,
+        env: sim_env(&sim, &[]),
+    }
+    .go()
+    .await
+    .unwrap();
+    assert_eq!(fresh.delivered, users as u64);
+    assert!(establish(&sim) > calls);
+}
+
+/// Journey entries go through `/interaction/v1/async/events` in batches of up to 100 per
+/// event definition, never a call per event; a member SFMC refuses (its `Data` does not fit
+/// the event's data extension) is a data dead letter with SFMC's message, and the others
+/// enter once.
+#[tokio::test(flavor = "multi_thread")]
+async fn journey_entries_are_batched_and_member_errors_dead_letter_alone() {
+    let dir = rules_dir(&Settings::default());
+    let program = load(dir.path());
+    let sim = start_sim(
+        "event_definitions:\n  signup-journey:\n    fields: { Plan: Number, Referrer: Text(100) }\n",
+    )
+    .await;
+    let tmp = tempfile::tempdir().unwrap();
+    let input = tmp.path().join("in.ndjson");
+    let dead = tmp.path().join("dead.ndjson");
+    let n = 250;
+    let events: Vec<Value> = (0..n)
+        .map(|i| {
+            let mut e = signup(&format!("j-{i}"), "x");
+            e["properties"]["plan"] = if i % 50 == 7 { json!("pro") } else { json!(i) };
+            e
+        })
+        .collect();
+    write_ndjson(&input, &events);
+    let s = deliver(&program, &input, &dead, sim_env(&sim, &[])).await;
+    assert_accounted(&s);
+    let bad = (0..n).filter(|i| i % 50 == 7).count();
+    assert_eq!(s.dead_lettered, bad as u64, "{}", s.render());
+    assert_eq!(s.delivered, (n - bad) as u64);
+    let st = sim.stats();
+    assert_eq!(st.calls_to("POST /interaction/v1/events"), 0);
+    let calls = st.calls_to("POST /interaction/v1/async/events");
+    assert!((3..=10).contains(&calls), "{calls} calls for {n} entries");
+    // Each good entry once.
+    let entered: BTreeSet<String> = sim
+        .api_events()
+        .iter()
+        .map(|e| e["ContactKey"].as_str().unwrap().to_string())
+        .collect();
+    assert_eq!(entered.len(), n - bad);
+    assert_eq!(sim.api_events().len(), n - bad);
+    for d in dead_letters(&dead) {
+        let user = d["event"]["userId"].as_str().unwrap();
+        assert!(!entered.contains(user), "{user} entered and dead-lettered");
+        assert_eq!(d["outcome"], "failed");
+        assert!(d["reason"].as_str().unwrap().contains("Plan"), "{d}");
     }
 }

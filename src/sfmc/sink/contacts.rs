@@ -6,10 +6,11 @@ use super::Shared;
 use super::send::failure_from;
 use super::ticket::Ticket;
 use crate::action::ESTABLISH_PATH;
+use crate::sfmc::bulk::{self, ContactOutcome};
 use crate::sfmc::deadletter::Failure;
 use bytes::Bytes;
 use reqwest::Method;
-use serde_json::{Value, json};
+use serde_json::json;
 use std::collections::{HashSet, VecDeque};
 use std::fs::{File, OpenOptions};
 use std::io::{BufRead, BufReader, Write};
@@ -91,78 +92,71 @@ pub(super) async fn contact_lane(shared: Arc<Shared>, mut rx: mpsc::Receiver<Con
     while calls.join_next().await.is_some() {}
 }
 
-/// The body of an establish call.
-pub(super) fn establish_body(keys: &[&str]) -> Vec<u8> {
-    serde_json::to_vec(&json!({"contactKeys": keys, "includeNewContactAwareness": true}))
-        .expect("JSON values serialize")
-}
-
-/// Whether item `i` of an establish answer confirms `key` (`None`), or why not.
-pub(super) fn establish_item_error(body: &Value, i: usize, key: &str) -> Option<String> {
-    let Some(item) = body.get("items").and_then(|v| v.get(i)) else {
-        return Some(format!(
-            "SFMC's establish answer has no result for Contact Key {key:?} (item {i})"
-        ));
-    };
-    if let Some(msg) = item
-        .get("message")
-        .or_else(|| item.get("errorMessage"))
-        .and_then(Value::as_str)
-        && item.get("value").is_none()
-    {
-        return Some(format!("SFMC refused Contact Key {key:?}: {msg}"));
-    }
-    let got = item
-        .get("value")
-        .and_then(|v| v.get("requestedContactKey"))
-        .and_then(Value::as_str);
-    match got {
-        Some(k) if k == key => None,
-        Some(k) => Some(format!(
-            "SFMC's establish answer is out of order: item {i} is {k:?}, expected {key:?}"
-        )),
-        None => Some(format!(
-            "SFMC's establish answer has no contact for {key:?} (item {i})"
-        )),
-    }
-}
-
 async fn establish(shared: Arc<Shared>, batch: Vec<ContactMsg>) {
     let keys: Vec<&str> = batch.iter().map(|m| m.key.as_str()).collect();
-    let body = Bytes::from(establish_body(&keys));
-    let result = shared
-        .client
-        .send(Method::POST, ESTABLISH_PATH, body.clone())
-        .await;
-    let mut confirmed = Vec::with_capacity(batch.len());
-    match result {
-        Ok(resp) => {
-            for (i, m) in batch.into_iter().enumerate() {
-                match establish_item_error(&resp.body, i, &m.key) {
-                    None => {
-                        confirmed.push(m.key);
-                        m.ticket.done(Ok(()));
-                    }
-                    Some(reason) => {
-                        shared.forget_contact(&m.key);
-                        m.ticket.done(Err(Failure {
-                            reason,
-                            call: Some(json!({"method": "POST", "path": ESTABLISH_PATH,
-                                "body": {"contactKeys": [m.key], "includeNewContactAwareness": true}})),
-                            status: Some(resp.status),
-                            errorcode: None,
-                            attempts: None,
-                        }));
-                    }
-                }
-            }
-        }
+    let call = |key: &str| {
+        json!({"method": "POST", "path": ESTABLISH_PATH,
+            "body": {"contactKeys": [key], "includeNewContactAwareness": true}})
+    };
+    let body = match bulk::establish_body(&keys) {
+        Ok(b) => Bytes::from(b),
         Err(e) => {
+            let reason = e.to_string();
             for m in batch {
                 shared.forget_contact(&m.key);
-                let call = json!({"method": "POST", "path": ESTABLISH_PATH,
-                    "body": {"contactKeys": [m.key], "includeNewContactAwareness": true}});
-                m.ticket.done(Err(failure_from(&e, call)));
+                m.ticket.done(Err(Failure::rejected(reason.clone())));
+            }
+            return;
+        }
+    };
+    let result = shared.client.send(Method::POST, ESTABLISH_PATH, body).await;
+    // Per key: Ok, or the failure to dead-letter its event with.
+    let outcomes: Vec<Result<(), Failure>> = match &result {
+        Ok(resp) => match bulk::parse_establish(&resp.body, &keys) {
+            Ok(items) => items
+                .into_iter()
+                .zip(&keys)
+                .map(|(o, key)| match o {
+                    ContactOutcome::Established { .. } => Ok(()),
+                    ContactOutcome::Refused { message } => Err(Failure {
+                        reason: format!("SFMC refused Contact Key {key:?}: {message}"),
+                        call: Some(call(key)),
+                        status: Some(resp.status),
+                        errorcode: None,
+                        attempts: None,
+                    }),
+                })
+                .collect(),
+            // An answer that does not line up with the keys sent: no key is known to
+            // exist. Establish is idempotent, so the events can be replayed safely.
+            Err(e) => keys
+                .iter()
+                .map(|key| {
+                    Err(Failure {
+                        reason: format!("establish answer not understood: {e}"),
+                        call: Some(call(key)),
+                        status: Some(resp.status),
+                        errorcode: None,
+                        attempts: None,
+                    })
+                })
+                .collect(),
+        },
+        Err(e) => keys
+            .iter()
+            .map(|key| Err(failure_from(e, call(key))))
+            .collect(),
+    };
+    let mut confirmed = Vec::with_capacity(batch.len());
+    for (m, outcome) in batch.into_iter().zip(outcomes) {
+        match outcome {
+            Ok(()) => {
+                confirmed.push(m.key);
+                m.ticket.done(Ok(()));
+            }
+            Err(f) => {
+                shared.forget_contact(&m.key);
+                m.ticket.done(Err(f));
             }
         }
     }

@@ -23,6 +23,7 @@
 
 mod contacts;
 mod isolate;
+mod journeys;
 mod lanes;
 mod prepare;
 mod send;
@@ -58,6 +59,8 @@ pub struct SinkConfig {
     /// Contact Keys per `/contacts/v1/establish` call; 1 = one `/contacts/v1/contacts` call
     /// per key.
     pub contact_batch: usize,
+    /// Journey entries per `/interaction/v1/async/events` call (at most 100).
+    pub journey_batch: usize,
     /// Where Contact Keys known to exist are kept across restarts (none: memory only).
     pub contact_state: Option<std::path::PathBuf>,
 }
@@ -72,7 +75,8 @@ impl Default for SinkConfig {
             linger: d::LINGER,
             lanes: d::MAX_IN_FLIGHT,
             contact_cache: d::CONTACT_CACHE,
-            contact_batch: 1,
+            contact_batch: d::CONTACT_BATCH,
+            journey_batch: crate::sfmc::bulk::ASYNC_EVENTS_MAX_MEMBERS,
             contact_state: None,
         }
     }
@@ -140,6 +144,8 @@ pub struct Sink {
     lanes: std::collections::HashMap<(String, usize), mpsc::Sender<RowMsg>>,
     /// The contact lane, started with the first new Contact Key (batched contacts only).
     contact_lane: Option<mpsc::Sender<ContactMsg>>,
+    /// One lane per event definition key.
+    journey_lanes: std::collections::HashMap<String, mpsc::Sender<journeys::JourneyMsg>>,
     tasks: JoinSet<()>,
     permits: Arc<Semaphore>,
 }
@@ -178,6 +184,7 @@ impl Sink {
             }),
             lanes: Default::default(),
             contact_lane: None,
+            journey_lanes: Default::default(),
             tasks: JoinSet::new(),
             permits,
         }
@@ -267,14 +274,13 @@ impl Sink {
                     })
                     .await;
                 }
-                PreparedAction::Post { path, body } => {
-                    let shared = self.shared.clone();
-                    let t = ticket.clone();
-                    self.spawn(async move {
-                        let r = send::send_one(&shared, path, body).await;
-                        t.done(r);
-                    })
-                    .await;
+                PreparedAction::Journey {
+                    definition,
+                    contact_key,
+                    data,
+                } => {
+                    self.route_journey(definition, contact_key, data, ticket.clone())
+                        .await
                 }
             }
         }
@@ -309,6 +315,36 @@ impl Sink {
         }
     }
 
+    async fn route_journey(
+        &mut self,
+        definition: String,
+        contact_key: String,
+        data: crate::action::Fields,
+        ticket: Arc<Ticket>,
+    ) {
+        let tx = match self.journey_lanes.get(&definition) {
+            Some(tx) => tx,
+            None => {
+                let (tx, rx) = mpsc::channel(self.shared.config.journey_batch.max(1) * 2);
+                self.tasks.spawn(journeys::journey_lane(
+                    self.shared.clone(),
+                    definition.clone(),
+                    rx,
+                ));
+                self.journey_lanes.entry(definition).or_insert(tx)
+            }
+        };
+        let msg = journeys::JourneyMsg {
+            contact_key,
+            data,
+            ticket,
+        };
+        if let Err(mpsc::error::SendError(m)) = tx.send(msg).await {
+            m.ticket
+                .done(Err(Failure::rejected("internal: journey lane stopped")));
+        }
+    }
+
     async fn route_row(&mut self, row: PreparedRow, ticket: Arc<Ticket>) {
         let lanes = self.shared.config.lanes.max(1);
         let lane = (row.hash % lanes as u64) as usize;
@@ -339,6 +375,7 @@ impl Sink {
     pub async fn finish(mut self) -> Result<(), String> {
         self.lanes.clear();
         self.contact_lane = None;
+        self.journey_lanes.clear();
         while self.tasks.join_next().await.is_some() {}
         match self
             .shared

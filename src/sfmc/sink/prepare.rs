@@ -2,8 +2,7 @@
 //! offsets (so rows of one primary key coalesce by splicing text), its primary-key
 //! identity and lane hash, API-event bodies. Pure CPU work, done on the worker threads.
 
-use crate::action::{Action, EVENTS_PATH, Fields};
-use bytes::Bytes;
+use crate::action::{Action, Fields};
 use serde_json::Value;
 use std::hash::{Hash, Hasher};
 
@@ -20,14 +19,14 @@ impl Prepared {
     pub fn has_api_events(&self) -> bool {
         self.actions
             .iter()
-            .any(|a| matches!(a, PreparedAction::Post { path, .. } if *path == EVENTS_PATH))
+            .any(|a| matches!(a, PreparedAction::Journey { .. }))
     }
 
     /// Drop its Journey Builder API events (a duplicate `messageId`); returns how many.
     pub fn drop_api_events(&mut self) -> usize {
         let before = self.actions.len();
         self.actions
-            .retain(|a| !matches!(a, PreparedAction::Post { path, .. } if *path == EVENTS_PATH));
+            .retain(|a| !matches!(a, PreparedAction::Journey { .. }));
         before - self.actions.len()
     }
 
@@ -41,7 +40,12 @@ impl Prepared {
 pub(super) enum PreparedAction {
     Row(PreparedRow),
     Contact(String),
-    Post { path: &'static str, body: Bytes },
+    /// A Journey Builder API event: batched per event definition by the journey lane.
+    Journey {
+        definition: String,
+        contact_key: String,
+        data: Fields,
+    },
 }
 
 #[derive(Debug)]
@@ -80,9 +84,14 @@ pub fn prepare(actions: Vec<Action>) -> Prepared {
                 })
             }
             Action::CreateContact { contact_key } => PreparedAction::Contact(contact_key),
-            a @ Action::ApiEvent { .. } => PreparedAction::Post {
-                path: EVENTS_PATH,
-                body: Bytes::from(serde_json::to_vec(&a.body()).expect("JSON values serialize")),
+            Action::ApiEvent {
+                contact_key,
+                definition_key,
+                data,
+            } => PreparedAction::Journey {
+                definition: definition_key,
+                contact_key,
+                data,
             },
         })
         .collect();

@@ -28,6 +28,12 @@ pub const CONTACT_CACHE: usize = 100_000;
 /// Contact Keys per `POST /contacts/v1/establish` call (SFMC documents no maximum; keep
 /// batches modest). 1: one `POST /contacts/v1/contacts` per key.
 pub const CONTACT_BATCH: usize = 100;
+/// `delivery.async_threshold`: rows waiting in one lane (a backlog behind the request
+/// rate) that send them through the asynchronous rows API instead of rowsets; 0: never.
+/// Only when `requests_per_second` limits the rate (unlimited, rowsets keep up).
+pub const ASYNC_THRESHOLD: usize = 500;
+/// `delivery.async_batch_rows`: rows per asynchronous request (SFMC's limit: 32,000).
+pub const ASYNC_BATCH_ROWS: usize = 5_000;
 /// `delivery.retry.attempts`: per request (the first included), then the rows are
 /// dead-lettered.
 pub const RETRY_ATTEMPTS: u32 = 8;
@@ -87,6 +93,8 @@ mod tests {
             ("request_timeout", Value::Duration(REQUEST_TIMEOUT)),
             ("contact_cache", Value::Int(CONTACT_CACHE as u64)),
             ("contact_batch", Value::Int(CONTACT_BATCH as u64)),
+            ("async_threshold", Value::Int(ASYNC_THRESHOLD as u64)),
+            ("async_batch_rows", Value::Int(ASYNC_BATCH_ROWS as u64)),
             ("retry.attempts", Value::Int(u64::from(RETRY_ATTEMPTS))),
             ("retry.within", Value::Duration(RETRY_WITHIN)),
             ("retry.base_delay", Value::Duration(RETRY_BASE_DELAY)),

@@ -154,6 +154,15 @@ impl Pipeline {
         let dead = Arc::new(dead);
         let counters = Arc::new(Counters::default());
         let mut config = sink_config(&program);
+        // The asynchronous rows API is for rows queued behind a request rate; unlimited,
+        // rowsets keep up with lower latency.
+        let rate = opts
+            .requests_per_second
+            .or(program.settings.delivery.requests_per_second)
+            .unwrap_or(0);
+        if rate == 0 {
+            config.async_threshold = 0;
+        }
         if let Some(tenant) = &target.tenant {
             let dir = opts.state_dir.clone().unwrap_or_else(|| {
                 opts.dead_letter

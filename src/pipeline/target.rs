@@ -132,6 +132,8 @@ pub fn sink_config(program: &Program) -> SinkConfig {
         contact_cache: d.contact_cache,
         contact_batch: d.contact_batch,
         journey_batch: SinkConfig::default().journey_batch,
+        async_threshold: d.async_threshold,
+        async_batch_rows: d.async_batch_rows,
         contact_state: None,
     }
 }

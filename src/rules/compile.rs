@@ -480,6 +480,10 @@ fn compile_delivery(c: &mut Ctx, d: &DeliverySection) -> Delivery {
         request_timeout: c.duration(&d.request_timeout, def.request_timeout),
         contact_cache: c.uint(&d.contact_cache, def.contact_cache as u64, 0, 100_000_000) as usize,
         contact_batch: c.uint(&d.contact_batch, def.contact_batch as u64, 1, 1000) as usize,
+        async_threshold: c.uint(&d.async_threshold, def.async_threshold as u64, 0, 1_000_000)
+            as usize,
+        async_batch_rows: c.uint(&d.async_batch_rows, def.async_batch_rows as u64, 1, 32_000)
+            as usize,
         ..def
     };
     if let Some(r) = &d.retry {

@@ -50,6 +50,10 @@ pub struct Delivery {
     /// Contact Keys per `/contacts/v1/establish` call (1: one `/contacts/v1/contacts` call
     /// per key).
     pub contact_batch: usize,
+    /// Rows waiting in a lane that switch it to the asynchronous rows API (0: never).
+    pub async_threshold: usize,
+    /// Rows per asynchronous rows request.
+    pub async_batch_rows: usize,
     pub retry_attempts: u32,
     pub retry_within: Duration,
     pub retry_base_delay: Duration,
@@ -69,6 +73,8 @@ impl Default for Delivery {
             request_timeout: d::REQUEST_TIMEOUT,
             contact_cache: d::CONTACT_CACHE,
             contact_batch: d::CONTACT_BATCH,
+            async_threshold: d::ASYNC_THRESHOLD,
+            async_batch_rows: d::ASYNC_BATCH_ROWS,
             retry_attempts: d::RETRY_ATTEMPTS,
             retry_within: d::RETRY_WITHIN,
             retry_base_delay: d::RETRY_BASE_DELAY,

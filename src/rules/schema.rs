@@ -148,6 +148,13 @@ pub struct DeliverySection {
     /// /contacts/v1/contacts call per key).
     #[schemars(with = "Option<WholeNumber>")]
     pub contact_batch: Option<Raw>,
+    /// Rows waiting in a lane that go through the asynchronous rows API (default 500;
+    /// 0: never; only when the request rate is limited).
+    #[schemars(with = "Option<WholeNumber>")]
+    pub async_threshold: Option<Raw>,
+    /// Rows per asynchronous rows request (default 5000; SFMC's limit is 32000).
+    #[schemars(with = "Option<WholeNumber>")]
+    pub async_batch_rows: Option<Raw>,
     /// Retries of a failed request.
     pub retry: Option<Spanned<RetrySection>>,
 }

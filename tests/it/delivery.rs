@@ -761,3 +761,80 @@ async fn journey_entries_are_batched_and_member_errors_dead_letter_alone() {
         assert!(d["reason"].as_str().unwrap().contains("Plan"), "{d}");
     }
 }
+
+/// A backlog behind the request rate goes through the asynchronous rows API: few calls
+/// (polls included), exactly the refused rows dead-lettered with SFMC's message (read from
+/// the results pages), and the last write of every key wins although the simulator
+/// finishes requests in no fixed order.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_rate_limited_backlog_goes_through_async_rows() {
+    let dir = rules_dir(&Settings::default());
+    let settings = std::fs::read_to_string(dir.path().join("settings.yaml")).unwrap();
+    std::fs::write(
+        dir.path().join("settings.yaml"),
+        settings.replace(
+            "requests_per_second: 0",
+            "requests_per_second: 20\n  async_threshold: 50",
+        ),
+    )
+    .unwrap();
+    let program = load(dir.path());
+    let sim = start_sim(
+        "data_extensions:\n  contacts:\n    primary_keys: [Contact Key]\n    columns: { Contact Key: Text(254), Email: EmailAddress, Seq: Number }\n\
+async_rows: { min_delay_ms: 10, max_delay_ms: 300 }\n",
+    )
+    .await;
+    let tmp = tempfile::tempdir().unwrap();
+    let input = tmp.path().join("in.ndjson");
+    let dead = tmp.path().join("dead.ndjson");
+    let (users, rounds) = (300, 6);
+    let bad = |u: usize| u % 37 == 5;
+    let mut events = Vec::new();
+    for r in 0..rounds {
+        for u in 0..users {
+            let email = if bad(u) {
+                format!("broken-{u}")
+            } else {
+                format!("u{u}@example.com")
+            };
+            events.push(identify(
+                &format!("u-{u}"),
+                json!({"email": email, "seq": r}),
+            ));
+        }
+    }
+    write_ndjson(&input, &events);
+    let s = deliver(&program, &input, &dead, sim_env(&sim, &[])).await;
+    assert_accounted(&s);
+    let bad_users = (0..users).filter(|u| bad(*u)).count();
+    assert_eq!(
+        s.dead_lettered,
+        (bad_users * rounds) as u64,
+        "{}",
+        s.render()
+    );
+    let st = sim.stats();
+    let async_submits: u64 = st
+        .calls
+        .iter()
+        .filter(|(k, _)| k.starts_with("PUT /data/v1/async/"))
+        .map(|(_, n)| n.total)
+        .sum();
+    assert!(async_submits > 0, "no async request: {:?}", st.calls);
+    // Fewer submits than the rowsets the same rows would take (50 rows each).
+    assert!(
+        async_submits * 50 < events.len() as u64,
+        "{async_submits} async requests: {}",
+        s.render()
+    );
+    let rows = sim.rows("contacts");
+    assert_eq!(rows.len(), users - bad_users);
+    for r in &rows {
+        assert_eq!(r["values"]["Seq"], json!(rounds - 1), "{r}");
+    }
+    for d in dead_letters(&dead) {
+        let user: usize = d["event"]["userId"].as_str().unwrap()[2..].parse().unwrap();
+        assert!(bad(user), "{d}");
+        assert!(d["reason"].as_str().unwrap().contains("Email"), "{d}");
+    }
+}

@@ -3,6 +3,7 @@
 //! `batch_bytes` or `linger`, and sends one batch at a time (per-key order).
 
 use super::Shared;
+use super::async_rows;
 use super::isolate::send_rows;
 use super::prepare::{RowText, merge_rows};
 use super::ticket::Ticket;
@@ -37,6 +38,13 @@ pub(super) async fn lane_loop(shared: Arc<Shared>, de: String, mut rx: mpsc::Rec
                 None => break,
             },
         };
+        // A backlog (rows queue up behind the request rate): one asynchronous request
+        // takes what is waiting, up to `async_batch_rows`, instead of many rowsets.
+        if cfg.async_threshold > 0 && rx.len() + 1 >= cfg.async_threshold {
+            let rows = take_backlog(&shared, first, &mut rx, &mut carry);
+            async_rows::send(&shared, &de, rows).await;
+            continue;
+        }
         let mut batch: IndexMap<Box<str>, Row> = IndexMap::with_capacity(cfg.batch_rows);
         // `[` and `]`, plus each row and its comma.
         let mut bytes = 2usize;
@@ -79,6 +87,54 @@ pub(super) async fn lane_loop(shared: Arc<Shared>, de: String, mut rx: mpsc::Rec
         }
         send_rows(&shared, &path, batch.into_values().collect()).await;
     }
+}
+
+/// What a lane has waiting (without waiting for more), coalesced by primary key, up to
+/// `async_batch_rows` rows and the async request's byte limit; a row that does not fit
+/// is carried to the next batch.
+fn take_backlog(
+    shared: &Shared,
+    first: RowMsg,
+    rx: &mut mpsc::Receiver<RowMsg>,
+    carry: &mut Option<RowMsg>,
+) -> Vec<Row> {
+    let cfg = &shared.config;
+    let max_rows = cfg
+        .async_batch_rows
+        .clamp(1, crate::sfmc::bulk::ASYNC_ROWS_MAX_ROWS);
+    // Flat rows are a little smaller than rowset rows: the rowset size bounds them.
+    let max_bytes = crate::sfmc::bulk::ASYNC_ROWS_MAX_BYTES * 9 / 10;
+    let mut batch: IndexMap<Box<str>, Row> = IndexMap::with_capacity(rx.len() + 1);
+    let mut bytes = 2usize;
+    let mut next = Some(first);
+    while let Some(m) = next.take() {
+        if let Some(row) = batch.get_mut(&m.pk) {
+            let merged = merge_rows(&row.json, &m.json);
+            bytes = bytes + merged.len() - row.json.len();
+            row.json = merged;
+            row.tickets.push(m.ticket);
+            shared
+                .counters
+                .rows_coalesced
+                .fetch_add(1, Ordering::Relaxed);
+        } else if !batch.is_empty()
+            && (batch.len() >= max_rows || bytes + m.json.len() + 1 > max_bytes)
+        {
+            *carry = Some(m);
+            break;
+        } else {
+            bytes += m.json.len() + 1;
+            batch.insert(
+                m.pk,
+                Row {
+                    json: m.json,
+                    tickets: vec![m.ticket],
+                },
+            );
+        }
+        next = rx.try_recv().ok();
+    }
+    batch.into_values().collect()
 }
 
 /// A rowset body: the rows' JSON in an array.

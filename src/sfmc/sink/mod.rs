@@ -21,6 +21,7 @@
 //! finishes the event is counted delivered, or written once to the dead-letter file with
 //! the first failure. Nothing is dropped silently.
 
+mod async_rows;
 mod contacts;
 mod isolate;
 mod journeys;
@@ -59,6 +60,10 @@ pub struct SinkConfig {
     /// Contact Keys per `/contacts/v1/establish` call; 1 = one `/contacts/v1/contacts` call
     /// per key.
     pub contact_batch: usize,
+    /// Rows waiting in a lane that switch it to the asynchronous rows API (0: never).
+    pub async_threshold: usize,
+    /// Rows per asynchronous request (at most 32,000).
+    pub async_batch_rows: usize,
     /// Journey entries per `/interaction/v1/async/events` call (at most 100).
     pub journey_batch: usize,
     /// Where Contact Keys known to exist are kept across restarts (none: memory only).
@@ -77,6 +82,8 @@ impl Default for SinkConfig {
             contact_cache: d::CONTACT_CACHE,
             contact_batch: d::CONTACT_BATCH,
             journey_batch: crate::sfmc::bulk::ASYNC_EVENTS_MAX_MEMBERS,
+            async_threshold: d::ASYNC_THRESHOLD,
+            async_batch_rows: d::ASYNC_BATCH_ROWS,
             contact_state: None,
         }
     }
@@ -93,6 +100,8 @@ pub struct Counters {
     pub contacts_cached: AtomicU64,
     /// Rows merged into an earlier row of the same batch.
     pub rows_coalesced: AtomicU64,
+    /// Asynchronous rows requests submitted.
+    pub async_requests: AtomicU64,
 }
 
 struct Shared {
@@ -352,7 +361,11 @@ impl Sink {
         let tx = match self.lanes.get(&id) {
             Some(tx) => tx,
             None => {
-                let (tx, rx) = mpsc::channel(self.shared.config.batch_rows.max(1) * 2);
+                // Deep enough that a backlog shows (and fills an async request).
+                let depth = (self.shared.config.batch_rows * 2)
+                    .max(self.shared.config.async_threshold * 2)
+                    .max(1);
+                let (tx, rx) = mpsc::channel(depth);
                 let shared = self.shared.clone();
                 self.tasks
                     .spawn(lanes::lane_loop(shared, row.data_extension.clone(), rx));

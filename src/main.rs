@@ -33,6 +33,7 @@ fn main() -> ExitCode {
         Command::Serve(a) => cli::serve(a, &env),
         Command::Sim(a) => cli::sim(a),
         Command::Check(a) => cli::check(a, &env),
+        Command::Schema => cli::schema(),
         Command::Explain(a) => cli::explain(a, &env),
         Command::Test(a) => cli::test(a),
     };

@@ -63,6 +63,12 @@ pub enum Command {
     ///
     /// Exit status: 0 valid (warnings allowed), 1 invalid.
     Check(CheckArgs),
+    /// Print the JSON Schema of a rule file (for editors: yaml-language-server, VS Code, IntelliJ)
+    ///
+    /// Generated from the rule types, so it matches what the loader reads. `check` stays
+    /// the authority: it also checks what a schema cannot (paths, regexes, ranges, keys
+    /// defined in two files). The shipped rule files reference docs/rules.schema.json.
+    Schema,
     /// Show, for each event, which rules matched and why, every key renamed or value dropped, the primary key and the SFMC calls
     Explain(ExplainArgs),
     /// Run golden cases (CASES_DIR/<case>/{input,expected}.ndjson, optional rules/ and env)
@@ -216,6 +222,15 @@ pub struct ServeArgs {
     /// On SIGTERM, wait at most this many seconds for deliveries in flight
     #[arg(long, value_name = "SECS", default_value_t = defaults::DRAIN_TIMEOUT_SECS)]
     pub drain_timeout: u64,
+    /// Browser origins allowed to call the API (CORS): `*` (any, as Segment's API) or a
+    /// comma-separated list such as `https://shop.example.com,https://*.example.com`
+    #[arg(
+        long,
+        value_name = "ORIGINS",
+        env = "SFMC_RELAY_CORS_ORIGINS",
+        default_value = "*"
+    )]
+    pub cors_origins: crate::source::cors::CorsOrigins,
 }
 
 impl ServeArgs {
@@ -230,6 +245,7 @@ impl ServeArgs {
             drain_timeout: Duration::from_secs(self.drain_timeout),
             env: env.clone(),
             reload_failures: Default::default(),
+            cors_origins: self.cors_origins.clone(),
         }
     }
 }

@@ -194,6 +194,14 @@ pub fn sim(args: SimArgs) -> ExitStatus {
     }
 }
 
+/// `sfmc-relay schema`.
+pub fn schema() -> ExitStatus {
+    match commands::schema::print(&mut std::io::stdout().lock()) {
+        Ok(()) => ExitStatus::Success,
+        Err(e) => output_error(&e),
+    }
+}
+
 /// `sfmc-relay check`.
 pub fn check(args: CheckArgs, env: &Env) -> ExitStatus {
     let dir = args.rules.as_deref();
@@ -272,8 +280,7 @@ fn load_rules(dir: Option<&Path>, env: &Env) -> Result<rules::Loaded, RuleErrors
     Ok(loaded)
 }
 
-/// The input file, or standard input.
-
+/// Print an I/O error; its exit status.
 fn io_error(e: &std::io::Error) -> ExitStatus {
     eprintln!("sfmc-relay: {e}");
     ExitStatus::Io
@@ -307,7 +314,14 @@ fn finish_delivery(
         Ok(s) => s,
         Err(e) => return run_error(&e),
     };
-    eprintln!("{}", summary::delivery(&summary, live, unit));
+    // Why this run's events were dead-lettered: the file's last records.
+    let dead = if summary.dead_lettered > 0 {
+        crate::sfmc::deadletter::last_reasons(&summary.dead_letter_path, summary.dead_lettered)
+            .unwrap_or_default()
+    } else {
+        Default::default()
+    };
+    eprintln!("{}", summary::delivery(&summary, live, unit, &dead));
     if strict && summary.dead_lettered > 0 {
         ExitStatus::DeadLettered
     } else {

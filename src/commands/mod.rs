@@ -7,6 +7,7 @@ pub mod explain;
 #[cfg(feature = "kafka")]
 pub mod produce;
 pub mod run;
+pub mod schema;
 pub mod serve;
 pub mod test;
 pub mod transform;

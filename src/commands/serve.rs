@@ -37,6 +37,8 @@ pub struct ServeOptions {
     pub env: Env,
     /// Counter the hot-reload hook increments on a failed reload (shown in /metrics).
     pub reload_failures: Arc<AtomicU64>,
+    /// Browser origins allowed to call the ingest API (`--cors-origins`; default any).
+    pub cors_origins: crate::source::cors::CorsOrigins,
 }
 
 /// Serve until SIGTERM/SIGINT. The summary covers the events this process handled.
@@ -55,6 +57,15 @@ pub async fn serve(rules: RuleSource, opts: ServeOptions) -> Result<RunSummary, 
     p.state_dir = Some(opts.spool.dir.clone());
     let pipeline = Pipeline::start(rules.clone(), p).await?;
     let program = pipeline.program().clone();
+    // Before the spool deletes what was delivered: the ids a client may still retry.
+    let recent_ids =
+        crate::source::dedup::RecentIds::from_spool(&opts.spool.dir, crate::source::dedup::WINDOW)
+            .map_err(|e| {
+                RunError::Io(format!(
+                    "cannot read the spool {}: {e}",
+                    opts.spool.dir.display()
+                ))
+            })?;
     let (spool, report) = Spool::open(opts.spool.clone()).map_err(|e| {
         RunError::Io(format!(
             "cannot open the spool {}: {e}",
@@ -87,6 +98,9 @@ pub async fn serve(rules: RuleSource, opts: ServeOptions) -> Result<RunSummary, 
         metrics: metrics.clone(),
         client: pipeline.client().clone(),
         rules: rules.clone(),
+        cors: opts.cors_origins.clone(),
+        dead_letters: pipeline.dead_letters(),
+        recent_ids: std::sync::Mutex::new(recent_ids),
     });
     let listener = tokio::net::TcpListener::bind(opts.listen)
         .await

@@ -24,14 +24,18 @@ impl SeenIds {
         }
     }
 
+    fn hash(id: &str) -> u64 {
+        let mut h = std::hash::DefaultHasher::new();
+        id.hash(&mut h);
+        h.finish()
+    }
+
     /// True when `id` was not among the last `cap` ids (it is remembered now).
     pub fn first_time(&mut self, id: &str) -> bool {
         if self.cap == 0 {
             return true;
         }
-        let mut h = std::hash::DefaultHasher::new();
-        id.hash(&mut h);
-        let h = h.finish();
+        let h = Self::hash(id);
         if !self.set.insert(h) {
             return false;
         }
@@ -42,5 +46,24 @@ impl SeenIds {
             self.set.remove(&old);
         }
         true
+    }
+
+    /// Forget `id` again (what it belonged to was not kept: a later copy is new).
+    pub fn forget(&mut self, id: &str) {
+        let h = Self::hash(id);
+        if self.set.remove(&h)
+            && let Some(i) = self.order.iter().rposition(|k| *k == h)
+        {
+            self.order.remove(i);
+        }
+    }
+
+    /// How many ids are remembered.
+    pub fn len(&self) -> usize {
+        self.set.len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.set.is_empty()
     }
 }

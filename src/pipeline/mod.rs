@@ -233,6 +233,12 @@ impl Pipeline {
         self.feeder.clone()
     }
 
+    /// The dead-letter file, for a source that refuses an event before the pipeline sees
+    /// it (`serve`'s per-event limits).
+    pub fn dead_letters(&self) -> Arc<DeadLetters> {
+        self.unsent.dead.clone()
+    }
+
     /// For a non-durable source: dead-letters records it read but could not push.
     pub fn unsent(&self) -> Unsent {
         self.unsent.clone()

@@ -77,20 +77,22 @@ impl RunSummary {
             self.splits
         ));
         if !self.skip_reasons.is_empty() {
+            // Every reason (up to SHOWN), one a line: what a newcomer needs to see.
+            const SHOWN: usize = 10;
             let top = self.skip_reasons.top();
             let shown: Vec<String> = top
                 .iter()
-                .take(3)
+                .take(SHOWN)
                 .map(|(r, n)| format!("{n} × {r}"))
                 .collect();
-            let more_named: u64 = top.iter().skip(3).map(|(_, n)| n).sum();
+            let more_named: u64 = top.iter().skip(SHOWN).map(|(_, n)| n).sum();
             let more = more_named + self.skip_reasons.other();
-            let more_reasons = self.skip_reasons.distinct() - top.len().min(3) as u64;
+            let more_reasons = self.skip_reasons.distinct() - top.len().min(SHOWN) as u64;
             s.push_str(&format!(
                 "skipped: {}{}\n",
-                shown.join("; "),
+                shown.join("\n         "),
                 if more > 0 {
-                    format!("; and {more} more for {more_reasons} other reason(s)")
+                    format!("\n         and {more} more for {more_reasons} other reason(s)")
                 } else {
                     String::new()
                 }

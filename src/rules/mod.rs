@@ -11,6 +11,7 @@ pub mod condition;
 pub mod dates;
 pub mod diag;
 pub mod env;
+pub mod json_schema;
 pub mod lint;
 pub mod live;
 pub mod path;

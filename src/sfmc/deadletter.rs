@@ -223,6 +223,66 @@ impl DeadLetters {
     }
 }
 
+/// Why the last `n` records of the dead-letter file at `path` were written, with counts
+/// (for a run's summary: its dead letters are the file's last lines). Reads at most the
+/// file's last 4 MiB; records not in it are not counted.
+pub fn last_reasons(
+    path: &Path,
+    n: u64,
+) -> std::io::Result<std::collections::BTreeMap<String, u64>> {
+    use std::io::{Read, Seek, SeekFrom};
+    let mut out = std::collections::BTreeMap::new();
+    if n == 0 {
+        return Ok(out);
+    }
+    let mut f = File::open(path)?;
+    let len = f.metadata()?.len();
+    let start = len.saturating_sub(4 << 20);
+    f.seek(SeekFrom::Start(start))?;
+    let mut buf = Vec::new();
+    f.read_to_end(&mut buf)?;
+    let text = String::from_utf8_lossy(&buf);
+    let mut lines: Vec<&str> = text.lines().filter(|l| !l.trim().is_empty()).collect();
+    if start > 0 && !lines.is_empty() {
+        lines.remove(0); // probably cut in the middle
+    }
+    for line in lines.iter().rev().take(n as usize) {
+        let reason = serde_json::from_str::<Value>(line)
+            .ok()
+            .and_then(|v| v.get("reason").and_then(Value::as_str).map(str::to_string))
+            .unwrap_or_else(|| "(unreadable dead-letter record)".into());
+        *out.entry(reason).or_default() += 1;
+    }
+    Ok(out)
+}
+
+#[cfg(test)]
+mod last_reasons_tests {
+    use super::*;
+
+    #[test]
+    fn counts_the_reasons_of_the_last_records() {
+        let dir = tempfile::tempdir().unwrap();
+        let p = dir.path().join("dl.ndjson");
+        let d = DeadLetters::new(&p);
+        for r in ["old", "a", "b", "a"] {
+            d.write(
+                &crate::source::Origin::Line(1),
+                "r1",
+                &Value::Null,
+                &Failure::rejected(r),
+            )
+            .unwrap();
+        }
+        let got = last_reasons(&p, 3).unwrap();
+        assert_eq!(
+            got.into_iter().collect::<Vec<_>>(),
+            [("a".to_string(), 2), ("b".to_string(), 1)]
+        );
+        assert!(last_reasons(&dir.path().join("none"), 3).is_err());
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

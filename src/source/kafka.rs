@@ -340,7 +340,7 @@ impl ClientContext for LogContext {
 /// runs).
 #[derive(Debug, Default)]
 pub struct ConsumeStats {
-    /// Messages read.
+    /// Messages read and handed to the pipeline.
     pub messages: AtomicU64,
     /// Events handed to the sink and not yet delivered or dead-lettered.
     pub in_flight: AtomicUsize,

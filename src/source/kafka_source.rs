@@ -85,7 +85,6 @@ impl KafkaSource {
         let id: PartitionId = (m.topic().to_string(), m.partition());
         let offset = m.offset();
         let generation = self.tracker.lock().begin(&id, offset, 1);
-        self.stats.messages.fetch_add(1, Ordering::Relaxed);
         self.stats.event_started();
         let (tracker, stats, low) = (self.tracker.clone(), self.stats.clone(), self.flow.low);
         let topic = if *self.topic == *m.topic() {
@@ -153,7 +152,13 @@ impl KafkaSource {
                     _ => break,
                 }
             }
-            if feeder.push(chunk).await.is_err() || feeder.is_stopped() {
+            let n = chunk.len() as u64;
+            if feeder.push(chunk).await.is_err() {
+                break;
+            }
+            // Counted once handed to the pipeline (which delivers what it holds on stop).
+            self.stats.messages.fetch_add(n, Ordering::Relaxed);
+            if feeder.is_stopped() {
                 break;
             }
         }

@@ -33,21 +33,52 @@ impl PerType {
     }
 }
 
-/// Why a request was refused.
-pub const REFUSALS: [&str; 5] = [
+/// Why a request was refused: the `reason` label of `sfmc_relay_requests_refused_total`,
+/// and the `code` of the error body (`{"success":false,"code":...,"message":...}`).
+pub const REFUSALS: [&str; 8] = [
     "unauthorized",
     "too_large",
     "bad_request",
     "spool_full",
     "error",
+    "origin_not_allowed",
+    "not_found",
+    "method_not_allowed",
 ];
+
+/// Index of each reason in [`REFUSALS`].
+pub mod refusal {
+    pub const UNAUTHORIZED: usize = 0;
+    pub const TOO_LARGE: usize = 1;
+    pub const BAD_REQUEST: usize = 2;
+    pub const SPOOL_FULL: usize = 3;
+    pub const ERROR: usize = 4;
+    pub const ORIGIN_NOT_ALLOWED: usize = 5;
+    pub const NOT_FOUND: usize = 6;
+    pub const METHOD_NOT_ALLOWED: usize = 7;
+}
+
+/// Why one event of an accepted batch was not spooled but dead-lettered at once (as
+/// Segment's batch endpoint answers 200 and rejects just that event).
+pub const EVENT_REJECTIONS: [&str; 2] = ["too_large", "too_many_in_batch"];
 
 #[derive(Default)]
 pub struct Metrics {
     pub received: PerType,
     /// Delivered / skipped / dead-lettered, by type, and skip reasons: the pipeline's.
     pub outcomes: Arc<Outcomes>,
-    pub refused: [AtomicU64; 5],
+    pub refused: [AtomicU64; REFUSALS.len()],
+    /// Events of accepted batches dead-lettered by the ingest, by [`EVENT_REJECTIONS`].
+    pub events_rejected: [AtomicU64; EVENT_REJECTIONS.len()],
+    /// CORS preflights (`OPTIONS /v1/...`) answered 204 / refused.
+    pub preflights_allowed: AtomicU64,
+    pub preflights_refused: AtomicU64,
+    /// analytics.js usage-metric posts (`POST /v1/m`): counted, not delivered.
+    pub client_metric_posts: AtomicU64,
+    /// `GET /v1/projects/{writeKey}/settings` answered (analytics.js's `cdnURL`).
+    pub settings_served: AtomicU64,
+    /// Events not spooled because their `messageId` was accepted lately (client retries).
+    pub duplicates: AtomicU64,
     /// Failed rule reloads (incremented by the hot-reload hook; 0 with fixed rules).
     pub reload_failures: Arc<AtomicU64>,
 }
@@ -55,6 +86,9 @@ pub struct Metrics {
 impl Metrics {
     pub fn refuse(&self, reason: usize) {
         self.refused[reason].fetch_add(1, Ordering::Relaxed);
+    }
+    pub fn reject_event(&self, reason: usize) {
+        self.events_rejected[reason].fetch_add(1, Ordering::Relaxed);
     }
 }
 
@@ -134,6 +168,38 @@ pub fn render(
             m.refused[i].load(Ordering::Relaxed)
         );
     }
+    let _ = writeln!(
+        o,
+        "# HELP sfmc_relay_ingest_events_rejected_total Events of accepted batches that the ingest dead-lettered instead of spooling (Segment's per-event limits), by reason.\n# TYPE sfmc_relay_ingest_events_rejected_total counter"
+    );
+    for (i, r) in EVENT_REJECTIONS.iter().enumerate() {
+        let _ = writeln!(
+            o,
+            "sfmc_relay_ingest_events_rejected_total{{reason=\"{r}\"}} {}",
+            m.events_rejected[i].load(Ordering::Relaxed)
+        );
+    }
+    let _ = writeln!(
+        o,
+        "# HELP sfmc_relay_events_duplicate_total Events answered 200 but not spooled again: their messageId was accepted lately (a client retrying a request whose answer it lost).\n# TYPE sfmc_relay_events_duplicate_total counter\nsfmc_relay_events_duplicate_total {}",
+        m.duplicates.load(Ordering::Relaxed)
+    );
+    let _ = writeln!(
+        o,
+        "# HELP sfmc_relay_cors_preflights_total CORS preflight requests (OPTIONS) from browsers, by result (refused: origin not in --cors-origins).\n# TYPE sfmc_relay_cors_preflights_total counter\nsfmc_relay_cors_preflights_total{{result=\"allowed\"}} {}\nsfmc_relay_cors_preflights_total{{result=\"refused\"}} {}",
+        m.preflights_allowed.load(Ordering::Relaxed),
+        m.preflights_refused.load(Ordering::Relaxed)
+    );
+    let _ = writeln!(
+        o,
+        "# HELP sfmc_relay_client_metrics_posts_total Usage-metric posts from analytics.js (POST /v1/m): accepted and counted, not delivered.\n# TYPE sfmc_relay_client_metrics_posts_total counter\nsfmc_relay_client_metrics_posts_total {}",
+        m.client_metric_posts.load(Ordering::Relaxed)
+    );
+    let _ = writeln!(
+        o,
+        "# HELP sfmc_relay_browser_settings_served_total analytics.js settings answered (GET /v1/projects/{{writeKey}}/settings).\n# TYPE sfmc_relay_browser_settings_served_total counter\nsfmc_relay_browser_settings_served_total {}",
+        m.settings_served.load(Ordering::Relaxed)
+    );
     let _ = writeln!(
         o,
         "# HELP sfmc_relay_sfmc_requests_total HTTP requests to SFMC (retries included) by endpoint.\n# TYPE sfmc_relay_sfmc_requests_total counter"

@@ -13,6 +13,9 @@ pub enum Origin {
     Line(u64),
     /// A record of `serve`'s spool, by sequence number.
     Spool(u64),
+    /// Event `index` of an HTTP batch request, refused by the ingest before the spool
+    /// (Segment's per-event limits).
+    Ingest { index: u64 },
     /// A Kafka message.
     Kafka {
         topic: Arc<str>,
@@ -27,7 +30,8 @@ impl Origin {
         Origin::Line(index + 1)
     }
 
-    /// The origin as dead-letter record fields: `{"line": 15}`, `{"spool_seq": 42}` or
+    /// The origin as dead-letter record fields: `{"line": 15}`, `{"spool_seq": 42}`,
+    /// `{"batch_index": 3}` or
     /// `{"topic": "t", "partition": 3, "offset": 120}`.
     pub fn fields(&self) -> OriginFields<'_> {
         match self {
@@ -37,6 +41,10 @@ impl Origin {
             },
             Origin::Spool(seq) => OriginFields {
                 spool_seq: Some(*seq),
+                ..OriginFields::default()
+            },
+            Origin::Ingest { index } => OriginFields {
+                batch_index: Some(*index),
                 ..OriginFields::default()
             },
             Origin::Kafka {
@@ -61,6 +69,8 @@ pub struct OriginFields<'a> {
     #[serde(skip_serializing_if = "Option::is_none")]
     pub spool_seq: Option<u64>,
     #[serde(skip_serializing_if = "Option::is_none")]
+    pub batch_index: Option<u64>,
+    #[serde(skip_serializing_if = "Option::is_none")]
     pub topic: Option<&'a str>,
     #[serde(skip_serializing_if = "Option::is_none")]
     pub partition: Option<i32>,
@@ -74,6 +84,7 @@ impl fmt::Display for Origin {
         match self {
             Origin::Line(n) => write!(f, "line {n}"),
             Origin::Spool(seq) => write!(f, "spool record {seq}"),
+            Origin::Ingest { index } => write!(f, "batch[{index}] of a request"),
             Origin::Kafka {
                 topic,
                 partition,

@@ -18,6 +18,7 @@ mod support;
 
 mod cli_run;
 mod delivery;
+mod deploy;
 mod golden;
 #[cfg(feature = "kafka")]
 mod kafka;
@@ -26,9 +27,15 @@ mod kafka_mock;
 mod live_rules;
 mod outage;
 mod properties;
+mod readme;
 mod rules_errors;
+mod rules_schema;
 mod security;
 mod serve;
+mod serve_browser;
+mod serve_cors;
+mod serve_crash;
+mod serve_node;
 mod serve_python;
 mod sfmc_client;
 mod sim;

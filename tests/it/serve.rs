@@ -66,6 +66,14 @@ async fn segment_api_auth_gzip_limits_metrics() {
     ] {
         let r = req.json(&order(999)).send().await.unwrap();
         assert_eq!(r.status(), StatusCode::UNAUTHORIZED);
+        // Segment's error shape: the libraries read `code` and `message`.
+        let body: Value = r.json().await.unwrap();
+        assert_eq!(body["success"], false, "{body}");
+        assert_eq!(body["code"], "unauthorized", "{body}");
+        assert!(
+            body["message"].as_str().unwrap().contains("write key"),
+            "{body}"
+        );
     }
 
     // Gzip batch, key in the body (as analytics.js sends it), batch-level context.
@@ -103,16 +111,23 @@ async fn segment_api_auth_gzip_limits_metrics() {
         .await
         .unwrap();
     assert_eq!(r.status(), StatusCode::BAD_REQUEST);
-    assert!(r.text().await.unwrap().contains("32 KB"));
+    let body: Value = r.json().await.unwrap();
+    assert_eq!(body["success"], false, "{body}");
+    assert_eq!(body["code"], "too_large", "{body}");
+    assert!(
+        body["message"].as_str().unwrap().contains("32 KB"),
+        "{body}"
+    );
+    // One oversize event in a batch: as Segment's batch endpoint, 200, the rest accepted,
+    // that event alone rejected (here: dead-lettered with the reason, never dropped).
     let r = c
         .post(relay.url("/v1/batch"))
         .basic_auth(KEY, Some(""))
-        .json(&json!({"batch": [order(4), {"type": "track", "userId": "u", "event": "X", "properties": {"note": big}}]}))
+        .json(&json!({"batch": [order(4), {"type": "track", "userId": "u-big", "event": "X", "properties": {"note": big}}]}))
         .send()
         .await
         .unwrap();
-    assert_eq!(r.status(), StatusCode::BAD_REQUEST);
-    assert!(r.text().await.unwrap().contains("batch[1]"));
+    assert_eq!(r.status(), StatusCode::OK, "{}", r.text().await.unwrap());
     let huge: Vec<Value> = (0..40)
         .map(|i| json!({"type": "track", "userId": "u", "event": "X", "properties": {"n": i, "note": "y".repeat(15_000)}}))
         .collect();
@@ -126,7 +141,12 @@ async fn segment_api_auth_gzip_limits_metrics() {
         .await
         .unwrap();
     assert_eq!(r.status(), StatusCode::BAD_REQUEST);
-    assert!(r.text().await.unwrap().contains("500 KB"));
+    let body: Value = r.json().await.unwrap();
+    assert_eq!(body["code"], "too_large", "{body}");
+    assert!(
+        body["message"].as_str().unwrap().contains("500 KB"),
+        "{body}"
+    );
     let r = c
         .post(relay.url("/v1/batch"))
         .basic_auth(KEY, Some(""))
@@ -144,14 +164,17 @@ async fn segment_api_auth_gzip_limits_metrics() {
         if !enc.is_empty() {
             req = req.header("content-encoding", enc);
         }
-        assert_eq!(req.send().await.unwrap().status(), StatusCode::BAD_REQUEST);
+        let r = req.send().await.unwrap();
+        assert_eq!(r.status(), StatusCode::BAD_REQUEST);
+        let body: Value = r.json().await.unwrap();
+        assert_eq!(body["code"], "bad_request", "{body}");
     }
 
     wait_until(
         "rows and the API event in the simulator",
         Duration::from_secs(20),
         || {
-            sim.rows("orders").len() == 3
+            sim.rows("orders").len() == 4
                 && sim.api_events().len() == 1
                 && sim.rows("people").len() == 1
         },
@@ -159,7 +182,24 @@ async fn segment_api_auth_gzip_limits_metrics() {
     .await;
     assert_eq!(
         contact_keys(&sim.rows("orders")),
-        vec!["buyer-1", "buyer-2", "buyer-3"]
+        vec!["buyer-1", "buyer-2", "buyer-3", "buyer-4"]
+    );
+    // The oversize event is in the dead-letter file, with the reason.
+    let dead = std::fs::read_to_string(tmp.path().join("spool.deadletter.ndjson")).unwrap();
+    let dead: Vec<Value> = dead
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap())
+        .collect();
+    assert_eq!(dead.len(), 1, "{dead:?}");
+    assert_eq!(dead[0]["event"]["userId"], "u-big");
+    assert!(
+        dead[0]["reason"]
+            .as_str()
+            .unwrap()
+            .contains("batch[1] is 33")
+            && dead[0]["reason"].as_str().unwrap().contains("32 KB"),
+        "{}",
+        dead[0]["reason"]
     );
     let person = &sim.rows("people")[0];
     assert_eq!(person["values"]["Email"], "u1@example.com", "{person}");
@@ -167,30 +207,19 @@ async fn segment_api_auth_gzip_limits_metrics() {
     let health = c.get(relay.url("/healthz")).send().await.unwrap();
     assert_eq!(health.status(), StatusCode::OK);
     // Completions (and so the delivered counters) follow the simulator's answer.
-    let mut metrics = String::new();
-    for _ in 0..200 {
-        metrics = c
-            .get(relay.url("/metrics"))
-            .send()
-            .await
-            .unwrap()
-            .text()
-            .await
-            .unwrap();
-        if metrics.contains("sfmc_relay_queue_depth 0") {
-            break;
-        }
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
+    let metrics = relay.metrics_when_idle().await;
     for line in [
         "sfmc_relay_events_received_total{type=\"identify\"} 1",
-        "sfmc_relay_events_received_total{type=\"track\"} 4",
+        "sfmc_relay_events_received_total{type=\"track\"} 5",
         "sfmc_relay_events_received_total{type=\"page\"} 1",
-        "sfmc_relay_events_delivered_total{type=\"track\"} 4",
+        "sfmc_relay_events_delivered_total{type=\"track\"} 5",
+        "sfmc_relay_events_dead_lettered_total{type=\"track\"} 1",
+        "sfmc_relay_ingest_events_rejected_total{reason=\"too_large\"} 1",
         "sfmc_relay_events_delivered_total{type=\"identify\"} 1",
         "sfmc_relay_events_skipped_total{type=\"page\"} 1",
         "sfmc_relay_requests_refused_total{reason=\"unauthorized\"} 4",
-        "sfmc_relay_requests_refused_total{reason=\"too_large\"} 4",
+        "sfmc_relay_requests_refused_total{reason=\"too_large\"} 3",
+        "sfmc_relay_requests_refused_total{reason=\"bad_request\"} 2",
         "sfmc_relay_sfmc_requests_total{endpoint=\"async_events\"} 1",
         "sfmc_relay_sfmc_endpoint_responses_total{endpoint=\"async_events\",status=\"202\"} 1",
         "sfmc_relay_sfmc_responses_total{status=\"202\"} 1",

@@ -110,15 +110,15 @@ async fn establish(shared: Arc<Shared>, batch: Vec<ContactMsg>) {
         }
     };
     let result = shared.client.send(Method::POST, ESTABLISH_PATH, body).await;
-    // Per key: Ok, or the failure to dead-letter its event with.
-    let outcomes: Vec<Result<(), Failure>> = match &result {
+    // Per key: `None` when it went through, else the failure to dead-letter its event with.
+    let outcomes: Vec<Option<Failure>> = match &result {
         Ok(resp) => match bulk::parse_establish(&resp.body, &keys) {
             Ok(items) => items
                 .into_iter()
                 .zip(&keys)
                 .map(|(o, key)| match o {
-                    ContactOutcome::Established { .. } => Ok(()),
-                    ContactOutcome::Refused { message } => Err(Failure {
+                    ContactOutcome::Established { .. } => None,
+                    ContactOutcome::Refused { message } => Some(Failure {
                         reason: format!("SFMC refused Contact Key {key:?}: {message}"),
                         call: Some(call(key)),
                         status: Some(resp.status),
@@ -133,7 +133,7 @@ async fn establish(shared: Arc<Shared>, batch: Vec<ContactMsg>) {
             Err(e) => keys
                 .iter()
                 .map(|key| {
-                    Err(Failure {
+                    Some(Failure {
                         reason: format!("establish answer not understood: {e}"),
                         call: Some(call(key)),
                         status: Some(resp.status),
@@ -146,17 +146,17 @@ async fn establish(shared: Arc<Shared>, batch: Vec<ContactMsg>) {
         },
         Err(e) => keys
             .iter()
-            .map(|key| Err(failure_from(e, call(key))))
+            .map(|key| Some(failure_from(e, call(key))))
             .collect(),
     };
     let mut confirmed = Vec::with_capacity(batch.len());
     for (m, outcome) in batch.into_iter().zip(outcomes) {
         match outcome {
-            Ok(()) => {
+            None => {
                 confirmed.push(m.key);
                 m.ticket.done(Ok(()));
             }
-            Err(f) => {
+            Some(f) => {
                 shared.forget_contact(&m.key);
                 m.ticket.done(Err(f));
             }

@@ -72,14 +72,14 @@ async fn send_members(shared: &Shared, definition: &str, batch: Vec<JourneyMsg>)
         .client
         .send(Method::POST, ASYNC_EVENTS_PATH, body)
         .await;
-    let outcomes: Vec<Result<(), Failure>> = match &result {
+    let outcomes: Vec<Option<Failure>> = match &result {
         Ok(resp) => match bulk::parse_async_events(&resp.body, &sent) {
             Ok(items) => items
                 .into_iter()
                 .zip(&batch)
                 .map(|(o, m)| match o {
-                    MemberOutcome::Queued { .. } => Ok(()),
-                    MemberOutcome::Refused { errorcode, message } => Err(Failure {
+                    MemberOutcome::Queued { .. } => None,
+                    MemberOutcome::Refused { errorcode, message } => Some(Failure {
                         reason: format!(
                             "SFMC refused the journey entry of {:?} ({definition}): {message}",
                             m.contact_key
@@ -97,7 +97,7 @@ async fn send_members(shared: &Shared, definition: &str, batch: Vec<JourneyMsg>)
             Err(e) => batch
                 .iter()
                 .map(|m| {
-                    Err(Failure {
+                    Some(Failure {
                         reason: format!(
                             "journey entry outcome unknown (SFMC's answer not understood: {e}); check with GET /interaction/v1/async/events/status before sending it again"
                         ),
@@ -110,10 +110,10 @@ async fn send_members(shared: &Shared, definition: &str, batch: Vec<JourneyMsg>)
                 })
                 .collect(),
         },
-        Err(e) => batch.iter().map(|m| Err(failure_from(e, call(m)))).collect(),
+        Err(e) => batch.iter().map(|m| Some(failure_from(e, call(m)))).collect(),
     };
     drop(members);
     for (m, outcome) in batch.into_iter().zip(outcomes) {
-        m.ticket.done(outcome);
+        m.ticket.done(outcome.map_or(Ok(()), Err));
     }
 }

@@ -320,7 +320,7 @@ impl Pipeline {
                 _ = woken.notified(), if !d.stopping => continue,
                 chunk = output.next() => chunk,
                 _ = tick.tick(), if progress => {
-                    progress::draw(started, d.events, &outcomes, &counters);
+                    progress::draw(started, d.events, &outcomes, &counters, &target.client);
                     continue;
                 }
             };

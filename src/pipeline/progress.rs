@@ -6,7 +6,14 @@ use std::io::Write;
 use std::sync::atomic::Ordering;
 use std::time::Instant;
 
-pub(crate) fn draw(started: Instant, events: u64, outcomes: &Outcomes, c: &Counters) {
+/// While SFMC is unavailable the line says so: since when, why, next probe.
+pub(crate) fn draw(
+    started: Instant,
+    events: u64,
+    outcomes: &Outcomes,
+    c: &Counters,
+    client: &crate::sfmc::SfmcClient,
+) {
     let secs = started.elapsed().as_secs_f64().max(0.001);
     let mut err = std::io::stderr().lock();
     let _ = write!(
@@ -18,6 +25,10 @@ pub(crate) fn draw(started: Instant, events: u64, outcomes: &Outcomes, c: &Count
         outcomes.skipped.total(),
         c.dead_lettered.load(Ordering::Relaxed)
     );
+    let health = client.health();
+    if health.is_degraded() {
+        let _ = write!(err, "; {}", health.summary());
+    }
     let _ = err.flush();
 }
 

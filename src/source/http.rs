@@ -726,21 +726,30 @@ async fn ingest(
     }
 }
 
+/// `ok`, or `degraded` with the reason while SFMC is unavailable (the breaker is open):
+/// the ingest still accepts into the spool (200 either way, so a load balancer keeps
+/// sending), and delivery resumes when SFMC answers again.
 async fn healthz(State(st): State<Arc<Ingest>>) -> Response {
     let s = st.spool.stats();
-    reply(
-        StatusCode::OK,
-        json!({"status": "ok", "queue_depth": s.pending, "spool_bytes": s.bytes, "spool_max_bytes": s.max_bytes}),
-    )
+    let health = st.client.health();
+    let mut body = json!({"status": "ok", "queue_depth": s.pending, "spool_bytes": s.bytes, "spool_max_bytes": s.max_bytes});
+    if health.is_degraded() {
+        body["status"] = json!("degraded");
+        body["reason"] = json!(health.summary());
+    }
+    body["sfmc"] = health.to_json();
+    reply(StatusCode::OK, body)
 }
 
 async fn metrics_handler(State(st): State<Arc<Ingest>>) -> Response {
-    let text = metrics::render(
+    let stats = st.client.stats();
+    let mut text = metrics::render(
         &st.metrics,
-        &st.client.stats(),
+        &stats,
         &st.spool.stats(),
         &(st.rules)().version,
     );
+    metrics::render_health(&mut text, &st.client.health(), &stats);
     (
         [(
             header::CONTENT_TYPE,

@@ -284,3 +284,55 @@ pub fn render(
     );
     o
 }
+
+/// SFMC's availability (the client's circuit breaker) and failures by class.
+pub fn render_health(o: &mut String, h: &crate::sfmc::breaker::Health, client: &ClientStats) {
+    let gauge = |o: &mut String, name: &str, help: &str, v: f64| {
+        let _ = writeln!(o, "# HELP {name} {help}\n# TYPE {name} gauge\n{name} {v}");
+    };
+    gauge(
+        o,
+        "sfmc_relay_sfmc_breaker_state",
+        "SFMC circuit breaker: 0 closed (delivering), 1 half-open (probing), 2 open (SFMC unavailable: delivery paused).",
+        f64::from(h.state.gauge()),
+    );
+    gauge(
+        o,
+        "sfmc_relay_sfmc_seconds_since_last_answer",
+        "Seconds since SFMC last answered a request (-1: never).",
+        h.since_last_answer().map_or(-1.0, |d| d.as_secs_f64()),
+    );
+    gauge(
+        o,
+        "sfmc_relay_sfmc_requests_waiting",
+        "Requests waiting for SFMC to be available again.",
+        h.waiting as f64,
+    );
+    let _ = writeln!(
+        o,
+        "# HELP sfmc_relay_sfmc_failures_total SFMC request failures by class (data, uncertain, infrastructure).\n# TYPE sfmc_relay_sfmc_failures_total counter"
+    );
+    for (class, n) in &client.failures {
+        let _ = writeln!(
+            o,
+            "sfmc_relay_sfmc_failures_total{{class=\"{}\"}} {n}",
+            escape(class)
+        );
+    }
+    let _ = writeln!(
+        o,
+        "# HELP sfmc_relay_sfmc_infrastructure_failures_total SFMC infrastructure failures by kind (never dead-lettered: delivery waits).\n# TYPE sfmc_relay_sfmc_infrastructure_failures_total counter"
+    );
+    for (kind, n) in &client.infrastructure {
+        let _ = writeln!(
+            o,
+            "sfmc_relay_sfmc_infrastructure_failures_total{{kind=\"{}\"}} {n}",
+            escape(kind)
+        );
+    }
+    let _ = writeln!(
+        o,
+        "# HELP sfmc_relay_sfmc_breaker_opens_total Times the SFMC circuit breaker opened.\n# TYPE sfmc_relay_sfmc_breaker_opens_total counter\nsfmc_relay_sfmc_breaker_opens_total {}",
+        client.breaker_opens
+    );
+}

@@ -471,3 +471,83 @@ async fn full_spool_answers_503() {
     .await;
     assert!(relay.terminate(Duration::from_secs(20)).success());
 }
+
+/// While SFMC fails (a 5xx storm), `serve` keeps accepting into the spool, `/healthz` says
+/// `degraded` with the reason and `/metrics` shows the open breaker; when SFMC answers
+/// again every event lands and nothing is dead-lettered.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_outage_shows_as_degraded_and_nothing_is_dead_lettered() {
+    use sfmc_relay::sim::{Outage, OutageKind};
+    let sim = simulator().await;
+    let tmp = tempfile::tempdir().unwrap();
+    let rules = rules(tmp.path(), "");
+    let mut relay = Relay::start(&tmp.path().join("spool"), &rules, &sim, &[]);
+    let c = client();
+    sim.add_outage(Outage::new(OutageKind::ServerErrors).lasting(4.0))
+        .unwrap();
+    let events: Vec<Value> = (0..30).map(order).collect();
+    let r = c
+        .post(relay.url("/v1/batch"))
+        .basic_auth(KEY, Some(""))
+        .json(&json!({"batch": events}))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), StatusCode::OK);
+    let mut degraded = Value::Null;
+    let mut metrics = String::new();
+    for _ in 0..150 {
+        let h: Value = c
+            .get(relay.url("/healthz"))
+            .send()
+            .await
+            .unwrap()
+            .json()
+            .await
+            .unwrap();
+        if h["status"] == "degraded" {
+            degraded = h;
+            metrics = c
+                .get(relay.url("/metrics"))
+                .send()
+                .await
+                .unwrap()
+                .text()
+                .await
+                .unwrap();
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    assert_eq!(degraded["status"], "degraded", "never degraded");
+    assert!(
+        degraded["reason"].as_str().unwrap().contains("unavailable"),
+        "{degraded}"
+    );
+    assert!(
+        metrics.contains("sfmc_relay_sfmc_breaker_state 2")
+            || metrics.contains("sfmc_relay_sfmc_breaker_state 1"),
+        "{metrics}"
+    );
+    assert!(
+        metrics.contains("sfmc_relay_sfmc_infrastructure_failures_total{kind="),
+        "{metrics}"
+    );
+    // SFMC answers again: everything lands, healthy again, no dead letters.
+    wait_until("all rows", Duration::from_secs(40), || {
+        sim.rows("orders").len() == 30
+    })
+    .await;
+    let h: Value = c
+        .get(relay.url("/healthz"))
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    assert_eq!(h["status"], "ok", "{h}");
+    let status = relay.terminate(Duration::from_secs(20));
+    assert!(status.success(), "{status:?}\n{}", relay.log());
+    assert!(relay.log().contains("0 dead-lettered"), "{}", relay.log());
+}

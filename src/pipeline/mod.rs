@@ -151,7 +151,9 @@ impl Pipeline {
     pub async fn start(rules: RuleSource, mut opts: PipelineOptions) -> Result<Self, RunError> {
         let program = rules();
         let target = target(&program, &opts.env, opts.requests_per_second).await?;
-        if let Some(w) = target.client.legacy_v1_warning(opts.several_relays) {
+        if target.sim.is_none()
+            && let Some(w) = target.client.legacy_v1_warning(opts.several_relays)
+        {
             tracing::warn!("{w}");
         }
         // A file source gives up after `delivery.give_up_after` of SFMC unavailability:

@@ -367,10 +367,17 @@ impl Sink {
         let tx = match self.lanes.get(&id) {
             Some(tx) => tx,
             None => {
-                // Deep enough that a backlog shows (and fills an async request).
-                let depth = (self.shared.config.batch_rows * 2)
-                    .max(self.shared.config.async_threshold * 2)
-                    .max(1);
+                // With the async API on (a limited rate), deep enough that a backlog shows
+                // and fills large async requests (at most 2,000 rows waiting per lane);
+                // otherwise two batches.
+                let c = &self.shared.config;
+                let depth = if c.async_threshold > 0 {
+                    (c.async_threshold * 2).max(c.async_batch_rows.min(2_000))
+                } else {
+                    0
+                }
+                .max(c.batch_rows * 2)
+                .max(1);
                 let (tx, rx) = mpsc::channel(depth);
                 let shared = self.shared.clone();
                 self.tasks

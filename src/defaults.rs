@@ -34,7 +34,7 @@ pub const JOURNEY_BATCH: usize = 100;
 /// `delivery.async_threshold`: rows waiting in one lane (a backlog behind the request
 /// rate) that send them through the asynchronous rows API instead of rowsets; 0: never.
 /// Only when `requests_per_second` limits the rate (unlimited, rowsets keep up).
-pub const ASYNC_THRESHOLD: usize = 500;
+pub const ASYNC_THRESHOLD: usize = 200;
 /// `delivery.async_batch_rows`: rows per asynchronous request (SFMC's limit: 32,000).
 pub const ASYNC_BATCH_ROWS: usize = 5_000;
 /// `delivery.retry.attempts`: per request (the first included), then the rows are

@@ -179,6 +179,10 @@ impl Pipeline {
             .unwrap_or(0);
         if rate == 0 {
             config.async_threshold = 0;
+        } else if config.async_threshold > 0 {
+            // Rate-limited, the rate and not parallel lanes bounds rowsets; one lane per
+            // data extension lets a backlog gather into few large async requests.
+            config.lanes = 1;
         }
         if let Some(tenant) = &target.tenant {
             let dir = opts.state_dir.clone().unwrap_or_else(|| {

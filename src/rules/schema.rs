@@ -151,7 +151,7 @@ pub struct DeliverySection {
     /// Journey entries per /interaction/v1/async/events call (default 100; at most 100).
     #[schemars(with = "Option<WholeNumber>")]
     pub journey_batch: Option<Raw>,
-    /// Rows waiting in a lane that go through the asynchronous rows API (default 500;
+    /// Rows waiting in a lane that go through the asynchronous rows API (default 200;
     /// 0: never; only when the request rate is limited).
     #[schemars(with = "Option<WholeNumber>")]
     pub async_threshold: Option<Raw>,

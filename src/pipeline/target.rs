@@ -130,6 +130,7 @@ pub fn sink_config(program: &Program) -> SinkConfig {
         journey_batch: d.journey_batch,
         async_threshold: d.async_threshold,
         async_batch_rows: d.async_batch_rows,
+        request_timeout: d.request_timeout,
         contact_state: None,
     }
 }

@@ -908,3 +908,42 @@ async fn replay_skips_uncertain_records_unless_asked() {
         .unwrap();
     assert_eq!((s.delivered, s.skipped), (2, 0), "{}", s.render());
 }
+
+/// Rowsets shrink after slow answers (SFMC times out on large rowsets; Segment fell back to
+/// 10 rows): with every answer slow, a backlog goes in ever smaller rowsets, down to 10
+/// rows, and every row lands.
+#[tokio::test(flavor = "multi_thread")]
+async fn rowsets_shrink_when_sfmc_answers_slowly() {
+    let dir = rules_dir(&Settings {
+        batch_rows: 50,
+        max_in_flight: 1,
+        request_timeout: "2s",
+        ..Settings::default()
+    });
+    let program = load(dir.path());
+    let sim = start_sim("faults: { rate_slow: 1.0, slow_ms: 600 }\n").await;
+    let tmp = tempfile::tempdir().unwrap();
+    let input = tmp.path().join("in.ndjson");
+    let n = 120;
+    let events: Vec<Value> = (0..n)
+        .map(|i| {
+            identify(
+                &format!("s-{i}"),
+                json!({"email": format!("s{i}@example.com")}),
+            )
+        })
+        .collect();
+    write_ndjson(&input, &events);
+    let s = deliver(
+        &program,
+        &input,
+        &tmp.path().join("d.ndjson"),
+        sim_env(&sim, &[]),
+    )
+    .await;
+    assert_eq!(s.delivered, n as u64, "{}", s.render());
+    assert_eq!(sim.rows("contacts").len(), n);
+    let rowsets = sim.stats().calls_to(ROWSET);
+    // 50, 25, 12, then 10 at a time (7 calls); without adapting, 3 calls of 50.
+    assert!(rowsets >= 6, "{rowsets} rowset calls for {n} rows");
+}

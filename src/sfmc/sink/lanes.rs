@@ -30,6 +30,9 @@ pub(super) async fn lane_loop(shared: Arc<Shared>, de: String, mut rx: mpsc::Rec
     let path = rowset_path(&de);
     let cfg = shared.config.clone();
     let mut carry: Option<RowMsg> = None;
+    // Rows per rowset now: starts at `batch_rows`, shrinks after slow answers (SFMC times
+    // out on large rowsets), grows back when answers are fast.
+    let mut size = cfg.batch_rows.max(1);
     loop {
         let first = match carry.take() {
             Some(m) => m,
@@ -62,7 +65,7 @@ pub(super) async fn lane_loop(shared: Arc<Shared>, de: String, mut rx: mpsc::Rec
                         .rows_coalesced
                         .fetch_add(1, Ordering::Relaxed);
                 } else if !batch.is_empty()
-                    && (batch.len() >= cfg.batch_rows || bytes + m.json.len() + 1 > cfg.batch_bytes)
+                    && (batch.len() >= size || bytes + m.json.len() + 1 > cfg.batch_bytes)
                 {
                     carry = Some(m);
                     break;
@@ -77,7 +80,7 @@ pub(super) async fn lane_loop(shared: Arc<Shared>, de: String, mut rx: mpsc::Rec
                     );
                 }
             }
-            if batch.len() >= cfg.batch_rows {
+            if batch.len() >= size {
                 break;
             }
             match tokio::time::timeout_at(deadline, rx.recv()).await {
@@ -85,7 +88,43 @@ pub(super) async fn lane_loop(shared: Arc<Shared>, de: String, mut rx: mpsc::Rec
                 Ok(None) | Err(_) => break,
             }
         }
+        let rows = batch.len();
+        let started = std::time::Instant::now();
         send_rows(&shared, &path, batch.into_values().collect()).await;
+        let next = adapt_batch_size(size, rows, started.elapsed(), &cfg);
+        if next < size {
+            shared
+                .counters
+                .batch_shrinks
+                .fetch_add(1, Ordering::Relaxed);
+            tracing::debug!("rowsets of {de}: {size} -> {next} rows (slow answer)");
+        }
+        size = next;
+    }
+}
+
+/// The smallest adaptive rowset (Segment's destination fell back to 10 rows after SFMC
+/// timed out on larger ones).
+pub(super) const MIN_ADAPTIVE_ROWS: usize = 10;
+
+/// The next rowset size after a call of `rows` rows took `elapsed` (retries included): a
+/// slow answer (over a quarter of the request timeout) halves it, down to
+/// [`MIN_ADAPTIVE_ROWS`]; a fast one (under a second, for a full batch) grows it by a
+/// fifth, up to `batch_rows`.
+pub(super) fn adapt_batch_size(
+    size: usize,
+    rows: usize,
+    elapsed: std::time::Duration,
+    cfg: &super::SinkConfig,
+) -> usize {
+    let max = cfg.batch_rows.max(1);
+    let min = MIN_ADAPTIVE_ROWS.min(max);
+    if elapsed > cfg.request_timeout / 4 {
+        (size / 2).max(min)
+    } else if rows >= size && elapsed < std::time::Duration::from_secs(1) {
+        (size + size.div_ceil(5)).min(max)
+    } else {
+        size
     }
 }
 
@@ -154,6 +193,31 @@ pub(super) fn rowset_body(rows: &[Row]) -> Vec<u8> {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use std::time::Duration;
+
+    #[test]
+    fn rowsets_shrink_after_slow_answers_and_grow_back() {
+        let cfg = super::super::SinkConfig {
+            batch_rows: 50,
+            request_timeout: Duration::from_secs(30),
+            ..Default::default()
+        };
+        let slow = Duration::from_secs(9);
+        let fast = Duration::from_millis(200);
+        assert_eq!(adapt_batch_size(50, 50, slow, &cfg), 25);
+        assert_eq!(adapt_batch_size(25, 25, slow, &cfg), 12);
+        assert_eq!(adapt_batch_size(12, 12, slow, &cfg), 10);
+        assert_eq!(adapt_batch_size(10, 10, slow, &cfg), 10);
+        let mut s = 10;
+        for _ in 0..20 {
+            s = adapt_batch_size(s, s, fast, &cfg);
+        }
+        assert_eq!(s, 50);
+        // A partial batch (a trickle) says nothing about larger ones.
+        assert_eq!(adapt_batch_size(20, 3, fast, &cfg), 20);
+        // Neither fast nor slow: unchanged.
+        assert_eq!(adapt_batch_size(30, 30, Duration::from_secs(3), &cfg), 30);
+    }
     use crate::action::Action;
     use serde_json::{Value, json};
 

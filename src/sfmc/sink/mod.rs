@@ -66,6 +66,9 @@ pub struct SinkConfig {
     pub async_batch_rows: usize,
     /// Journey entries per `/interaction/v1/async/events` call (at most 100).
     pub journey_batch: usize,
+    /// The request timeout: a rowset answered slower than a quarter of it shrinks the
+    /// lane's batches (down to 10 rows).
+    pub request_timeout: Duration,
     /// Where Contact Keys known to exist are kept across restarts (none: memory only).
     pub contact_state: Option<std::path::PathBuf>,
 }
@@ -84,6 +87,7 @@ impl Default for SinkConfig {
             journey_batch: d::JOURNEY_BATCH,
             async_threshold: d::ASYNC_THRESHOLD,
             async_batch_rows: d::ASYNC_BATCH_ROWS,
+            request_timeout: d::REQUEST_TIMEOUT,
             contact_state: None,
         }
     }
@@ -102,6 +106,8 @@ pub struct Counters {
     pub rows_coalesced: AtomicU64,
     /// Asynchronous rows requests submitted.
     pub async_requests: AtomicU64,
+    /// Times a lane made its rowsets smaller after a slow answer.
+    pub batch_shrinks: AtomicU64,
 }
 
 struct Shared {

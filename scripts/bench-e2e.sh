@@ -7,13 +7,17 @@
 # rules and the rate limit off, against `sfmc-relay sim` on 127.0.0.1. Prints events/s,
 # SFMC calls per 1,000 events (by endpoint) and the relay's peak RSS. USERS=EVENTS gives
 # the worst case: every event from a new user, so one contact call per identify.
+# BIN=path measures another build (e.g. a checkout of an older commit) with this tree's
+# rules: relay and simulator both from BIN; nothing is built then.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 N=${1:-100000}
 U=${2:-$((N / 50))}
 PORT=${PORT:-19400}
-BIN=target/release/sfmc-relay
-cargo build --release --quiet
+if [ -z "${BIN:-}" ]; then
+  BIN=target/release/sfmc-relay
+  cargo build --release --quiet
+fi
 work=$(mktemp -d)
 trap 'kill $SIM_PID 2>/dev/null || true; rm -rf "$work"' EXIT
 # The simulator keeps its row log in memory: bound it so it does not dominate the machine.
@@ -37,6 +41,7 @@ echo "events: $N, users: $U"
 printf 'wall: %.2f s, %.0f events/s\n' "$secs" "$(echo "$N / $secs" | bc -l)"
 echo "peak RSS (relay): $((rss_kb / 1024)) MB"
 echo "CPU: relay ${relay_user} s user + ${relay_sys} s sys; simulator ${sim_cpu} s (whole life, with corpus time idle)"
+printf 'busy cores (relay + simulator CPU / wall): %.2f\n' "$(echo "($relay_user + $relay_sys + $sim_cpu) / $secs" | bc -l)"
 grep -E "events read|SFMC calls" "$work/run.log"
 curl -s http://127.0.0.1:$PORT/sim/stats | python3 -c '
 import json,sys

@@ -67,23 +67,76 @@ pub fn async_results_path(request_id: &str, page: usize, page_size: usize) -> St
 
 /// `/hub/v1/dataevents/key:{key}/rowset`, with the key percent-encoded as a path segment.
 pub fn rowset_path(data_extension: &str) -> String {
-    format!(
-        "/hub/v1/dataevents/key:{}/rowset",
-        encode_segment(data_extension)
-    )
+    CallPath::Rowset(data_extension).to_string()
 }
 
 /// Percent-encode everything but RFC 3986 unreserved characters.
 pub fn encode_segment(s: &str) -> String {
-    let mut out = String::with_capacity(s.len());
-    for b in s.bytes() {
-        if b.is_ascii_alphanumeric() || matches!(b, b'-' | b'.' | b'_' | b'~') {
-            out.push(b as char);
-        } else {
-            out.push_str(&format!("%{b:02X}"));
+    Segment(s).to_string()
+}
+
+/// A path segment, percent-encoded as it is written (see [`encode_segment`]).
+struct Segment<'a>(&'a str);
+
+impl std::fmt::Display for Segment<'_> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let unreserved =
+            |b: u8| b.is_ascii_alphanumeric() || matches!(b, b'-' | b'.' | b'_' | b'~');
+        let mut rest = self.0;
+        while !rest.is_empty() {
+            // The run of unreserved (ASCII) bytes is written as it is, then one escaped byte.
+            let run = rest
+                .bytes()
+                .position(|b| !unreserved(b))
+                .unwrap_or(rest.len());
+            f.write_str(&rest[..run])?;
+            let Some(&b) = rest.as_bytes().get(run) else {
+                break;
+            };
+            write!(f, "%{b:02X}")?;
+            // Bytes after a multi-byte character's first are escaped one by one as well.
+            let mut i = run + 1;
+            while i < rest.len() && !rest.is_char_boundary(i) {
+                write!(f, "%{:02X}", rest.as_bytes()[i])?;
+                i += 1;
+            }
+            rest = &rest[i..];
+        }
+        Ok(())
+    }
+}
+
+/// An action's call path, borrowed: writes itself (as text or as a JSON string) without
+/// building a `String` first.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum CallPath<'a> {
+    Contacts,
+    Rowset(&'a str),
+    Events,
+}
+
+impl std::fmt::Display for CallPath<'_> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            CallPath::Contacts => f.write_str(CONTACTS_PATH),
+            CallPath::Events => f.write_str(EVENTS_PATH),
+            CallPath::Rowset(de) => {
+                f.write_str("/hub/v1/dataevents/key:")?;
+                Segment(de).fmt(f)?;
+                f.write_str("/rowset")
+            }
         }
     }
-    out
+}
+
+impl Serialize for CallPath<'_> {
+    fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        match self {
+            CallPath::Contacts => s.serialize_str(CONTACTS_PATH),
+            CallPath::Events => s.serialize_str(EVENTS_PATH),
+            CallPath::Rowset(_) => s.collect_str(self),
+        }
+    }
 }
 
 /// One rowset entry: `{"keys":{...},"values":{...}}`.
@@ -125,10 +178,19 @@ impl Action {
     }
 
     pub fn path(&self) -> std::borrow::Cow<'static, str> {
+        match self.call_path() {
+            CallPath::Contacts => CONTACTS_PATH.into(),
+            CallPath::Events => EVENTS_PATH.into(),
+            p => p.to_string().into(),
+        }
+    }
+
+    /// The call's path, borrowed (see [`CallPath`]).
+    pub fn call_path(&self) -> CallPath<'_> {
         match self {
-            Action::CreateContact { .. } => CONTACTS_PATH.into(),
-            Action::UpsertRow { data_extension, .. } => rowset_path(data_extension).into(),
-            Action::ApiEvent { .. } => EVENTS_PATH.into(),
+            Action::CreateContact { .. } => CallPath::Contacts,
+            Action::UpsertRow { data_extension, .. } => CallPath::Rowset(data_extension),
+            Action::ApiEvent { .. } => CallPath::Events,
         }
     }
 
@@ -232,6 +294,21 @@ mod tests {
         assert_eq!(
             async_results_path("0f1e-2d", 2, 500),
             "/data/v1/async/0f1e-2d/results?$page=2&$pageSize=500"
+        );
+        assert_eq!(encode_segment("a~b_c.d-e"), "a~b_c.d-e");
+        assert_eq!(encode_segment("é\"%"), "%C3%A9%22%25");
+        assert_eq!(encode_segment("€x"), "%E2%82%ACx");
+        assert_eq!(encode_segment(""), "");
+        // As a JSON string: the same text, escaped like any string.
+        for de in ["orders", "my de/x", "é\"%"] {
+            assert_eq!(
+                serde_json::to_string(&CallPath::Rowset(de)).unwrap(),
+                serde_json::to_string(&rowset_path(de)).unwrap()
+            );
+        }
+        assert_eq!(
+            serde_json::to_string(&CallPath::Contacts).unwrap(),
+            "\"/contacts/v1/contacts\""
         );
     }
 }

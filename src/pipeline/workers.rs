@@ -121,16 +121,28 @@ impl Feeder {
 /// The pool's results, in push order.
 pub(crate) struct Output {
     order: mpsc::Receiver<Order>,
+    /// The chunk being waited for, kept here so that [`Output::next`] is cancel-safe.
+    pending: Option<Order>,
     stopped: Arc<AtomicBool>,
 }
 
 impl Output {
     /// The next chunk's results; `None` once every feeder is gone (or after [`Output::stop`],
     /// once the chunks already pushed are out).
+    ///
+    /// Cancel-safe: the dispatcher calls it in a `select!` beside its progress tick and the
+    /// stop notice, and a chunk whose results were still being computed when another
+    /// branch won is waited for again by the next call (it was dropped, and its events lost
+    /// without a trace, before).
     pub async fn next(&mut self) -> Option<Vec<Processed>> {
         loop {
-            let rx = self.order.recv().await?;
-            match rx.await {
+            if self.pending.is_none() {
+                self.pending = Some(self.order.recv().await?);
+            }
+            let rx = self.pending.as_mut().expect("set above");
+            let done = rx.await;
+            self.pending = None;
+            match done {
                 Ok(done) => return Some(done),
                 // A worker cannot drop a job without replying (panics are caught per
                 // record), so this is the pool shutting down.
@@ -186,6 +198,7 @@ pub(crate) fn start(
         },
         Output {
             order: order_rx,
+            pending: None,
             stopped,
         },
     ))
@@ -408,5 +421,46 @@ fn dead_letter_events(text: &str, at: &Origin) -> Line {
         },
         Line::Events(_) => Line::Invalid(format!("{at}: not a dead-letter record")),
         other => other,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::time::Duration;
+
+    #[tokio::test]
+    async fn a_chunk_still_being_processed_survives_a_cancelled_wait() {
+        let (order_tx, order_rx) = mpsc::channel::<Order>(4);
+        let mut output = Output {
+            order: order_rx,
+            pending: None,
+            stopped: Arc::new(AtomicBool::new(false)),
+        };
+        let (reply, rx) = oneshot::channel();
+        order_tx.send(rx).await.unwrap();
+        // The dispatcher's select! picks another branch (progress tick, stop notice) while
+        // the chunk is still being interpreted: this wait is dropped.
+        let waited = tokio::time::timeout(Duration::from_millis(20), output.next()).await;
+        assert!(waited.is_err());
+        // The worker finishes the chunk afterwards: its results still arrive.
+        let processed = Processed {
+            origin: Origin::Line(7),
+            ack: Ack::none(),
+            version: Arc::from("r1"),
+            items: Vec::new(),
+        };
+        assert!(
+            reply.send(vec![processed]).is_ok(),
+            "the chunk's receiver was dropped with the cancelled wait"
+        );
+        let got = tokio::time::timeout(Duration::from_secs(5), output.next())
+            .await
+            .expect("the chunk is delivered")
+            .expect("not the end");
+        assert_eq!(got.len(), 1);
+        assert_eq!(got[0].origin, Origin::Line(7));
+        drop(order_tx);
+        assert!(output.next().await.is_none());
     }
 }

@@ -282,6 +282,14 @@ async fn a_dropped_relay_s_partitions_are_taken_over_without_loss() {
     let dir = tempfile::tempdir().unwrap();
     let sim = start_sim("").await;
     let rules = rules_dir(&Settings::default());
+    // One journey entry per call (at 40 calls/s), so b is dropped with work left.
+    let settings = rules.path().join("settings.yaml");
+    let text = std::fs::read_to_string(&settings).unwrap();
+    std::fs::write(
+        &settings,
+        text.replace("delivery:\n", "delivery:\n  journey_batch: 1\n"),
+    )
+    .unwrap();
     let program = load(rules.path());
     // Slow delivery, so b is dropped mid-stream.
     let slow = || Opts {

@@ -71,7 +71,7 @@ async fn sender(id: usize, addr: Arc<Mutex<String>>, acked: Arc<AtomicUsize>) {
     }
 }
 
-/// Wait for a journey event to land and then 400 ms without another one landing (its ack
+/// Wait for a journey event to land and then 150 ms without another one landing (its ack
 /// is on disk by then: the window in which a kill repeats a journey entry is SFMC's
 /// answer -> the ack's fsync, a few ms when the machine is idle, tens of ms with the
 /// whole test binary running; documented in docs/serve.md), then SIGKILL.
@@ -86,7 +86,7 @@ async fn kill_after_a_journey_event(relay: &mut Relay, sim: &sfmc_relay::sim::Si
         );
         let n = sim.api_events().len();
         if n > first {
-            tokio::time::sleep(Duration::from_millis(400)).await;
+            tokio::time::sleep(Duration::from_millis(150)).await;
             if sim.api_events().len() == n {
                 break;
             }

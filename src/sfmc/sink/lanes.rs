@@ -54,31 +54,11 @@ pub(super) async fn lane_loop(shared: Arc<Shared>, de: String, mut rx: mpsc::Rec
         let deadline = Instant::now() + cfg.linger;
         let mut next = Some(first);
         loop {
-            if let Some(m) = next.take() {
-                if let Some(row) = batch.get_mut(&m.pk) {
-                    let merged = merge_rows(&row.json, &m.json);
-                    bytes = bytes + merged.len() - row.json.len();
-                    row.json = merged;
-                    row.tickets.push(m.ticket);
-                    shared
-                        .counters
-                        .rows_coalesced
-                        .fetch_add(1, Ordering::Relaxed);
-                } else if !batch.is_empty()
-                    && (batch.len() >= size || bytes + m.json.len() + 1 > cfg.batch_bytes)
-                {
-                    carry = Some(m);
-                    break;
-                } else {
-                    bytes += m.json.len() + 1;
-                    batch.insert(
-                        m.pk,
-                        Row {
-                            json: m.json,
-                            tickets: vec![m.ticket],
-                        },
-                    );
-                }
+            if let Some(m) = next.take()
+                && let Some(m) = add_row(&shared, &mut batch, &mut bytes, m, size, cfg.batch_bytes)
+            {
+                carry = Some(m);
+                break;
             }
             if batch.len() >= size {
                 break;
@@ -100,6 +80,44 @@ pub(super) async fn lane_loop(shared: Arc<Shared>, de: String, mut rx: mpsc::Rec
             tracing::debug!("rowsets of {de}: {size} -> {next} rows (slow answer)");
         }
         size = next;
+    }
+}
+
+/// Add `m` to `batch` (coalesced into the row of its primary key if there is one), keeping
+/// `bytes` (the body size) current; gives `m` back when the batch is full (`max_rows`
+/// rows or `max_bytes`): it starts the next batch.
+fn add_row(
+    shared: &Shared,
+    batch: &mut IndexMap<Box<str>, Row>,
+    bytes: &mut usize,
+    m: RowMsg,
+    max_rows: usize,
+    max_bytes: usize,
+) -> Option<RowMsg> {
+    if let Some(row) = batch.get_mut(&m.pk) {
+        let merged = merge_rows(&row.json, &m.json);
+        *bytes = *bytes + merged.len() - row.json.len();
+        row.json = merged;
+        row.tickets.push(m.ticket);
+        shared
+            .counters
+            .rows_coalesced
+            .fetch_add(1, Ordering::Relaxed);
+        None
+    } else if !batch.is_empty()
+        && (batch.len() >= max_rows || *bytes + m.json.len() + 1 > max_bytes)
+    {
+        Some(m)
+    } else {
+        *bytes += m.json.len() + 1;
+        batch.insert(
+            m.pk,
+            Row {
+                json: m.json,
+                tickets: vec![m.ticket],
+            },
+        );
+        None
     }
 }
 
@@ -147,29 +165,9 @@ fn take_backlog(
     let mut bytes = 2usize;
     let mut next = Some(first);
     while let Some(m) = next.take() {
-        if let Some(row) = batch.get_mut(&m.pk) {
-            let merged = merge_rows(&row.json, &m.json);
-            bytes = bytes + merged.len() - row.json.len();
-            row.json = merged;
-            row.tickets.push(m.ticket);
-            shared
-                .counters
-                .rows_coalesced
-                .fetch_add(1, Ordering::Relaxed);
-        } else if !batch.is_empty()
-            && (batch.len() >= max_rows || bytes + m.json.len() + 1 > max_bytes)
-        {
+        if let Some(m) = add_row(shared, &mut batch, &mut bytes, m, max_rows, max_bytes) {
             *carry = Some(m);
             break;
-        } else {
-            bytes += m.json.len() + 1;
-            batch.insert(
-                m.pk,
-                Row {
-                    json: m.json,
-                    tickets: vec![m.ticket],
-                },
-            );
         }
         next = rx.try_recv().ok();
     }

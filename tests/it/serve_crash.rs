@@ -101,7 +101,9 @@ async fn kill_after_a_journey_event(relay: &mut Relay, sim: &sfmc_relay::sim::Si
 async fn sigkill_mid_stream_with_several_senders_loses_nothing_and_repeats_no_journey() {
     let sim = simulator().await;
     let tmp = tempfile::tempdir().unwrap();
-    let rules = rules(tmp.path(), "");
+    // One journey entry per call: a kill can repeat at most the one whose ack was not yet
+    // on disk (the documented window), not a whole batch.
+    let rules = rules(tmp.path(), "  journey_batch: 1\n");
     let spool = tmp.path().join("spool");
     // 8 SFMC calls per second: each Signed Up is one call, so delivery lags the senders.
     let slow = ["--requests-per-second", "8"];

@@ -18,7 +18,7 @@ use crate::sfmc::bulk::{
     RowOutcomes,
 };
 use crate::sfmc::client::SendError;
-use crate::sfmc::deadletter::{Failure, Outcome};
+use crate::sfmc::deadletter::Failure;
 use bytes::Bytes;
 use reqwest::Method;
 use serde_json::json;
@@ -76,14 +76,7 @@ pub(super) async fn send(shared: &Shared, de: &str, rows: Vec<Row>) {
                 bulk::refusal_message(&body)
             );
             for r in rows {
-                let f = Failure {
-                    reason: reason.clone(),
-                    call: Some(call(&r)),
-                    status: Some(status),
-                    errorcode: None,
-                    attempts: None,
-                    outcome: Outcome::Failed,
-                };
+                let f = Failure::failed(reason.clone(), call(&r), Some(status), None, None);
                 for t in r.tickets {
                     t.done(Err(f.clone()));
                 }
@@ -123,14 +116,13 @@ pub(super) async fn send(shared: &Shared, de: &str, rows: Vec<Row>) {
             let mut again = Vec::new();
             for (i, r) in rows.into_iter().enumerate() {
                 if let Some(message) = failed.remove(&i) {
-                    let f = Failure {
-                        reason: format!("SFMC refused the row: {message}"),
-                        call: Some(call(&r)),
-                        status: None,
-                        errorcode: None,
-                        attempts: None,
-                        outcome: Outcome::Failed,
-                    };
+                    let f = Failure::failed(
+                        format!("SFMC refused the row: {message}"),
+                        call(&r),
+                        None,
+                        None,
+                        None,
+                    );
                     for t in r.tickets {
                         t.done(Err(f.clone()));
                     }

@@ -7,7 +7,7 @@ use super::send::failure_from;
 use super::ticket::Ticket;
 use crate::action::ESTABLISH_PATH;
 use crate::sfmc::bulk::{self, ContactOutcome};
-use crate::sfmc::deadletter::{Failure, Outcome};
+use crate::sfmc::deadletter::Failure;
 use bytes::Bytes;
 use reqwest::Method;
 use serde_json::json;
@@ -118,14 +118,13 @@ async fn establish(shared: Arc<Shared>, batch: Vec<ContactMsg>) {
                 .zip(&keys)
                 .map(|(o, key)| match o {
                     ContactOutcome::Established { .. } => None,
-                    ContactOutcome::Refused { message } => Some(Failure {
-                        reason: format!("SFMC refused Contact Key {key:?}: {message}"),
-                        call: Some(call(key)),
-                        status: Some(resp.status),
-                        errorcode: None,
-                        attempts: None,
-                        outcome: Outcome::Failed,
-                    }),
+                    ContactOutcome::Refused { message } => Some(Failure::failed(
+                        format!("SFMC refused Contact Key {key:?}: {message}"),
+                        call(key),
+                        Some(resp.status),
+                        None,
+                        None,
+                    )),
                 })
                 .collect(),
             // An answer that does not line up with the keys sent: no key is known to
@@ -133,14 +132,13 @@ async fn establish(shared: Arc<Shared>, batch: Vec<ContactMsg>) {
             Err(e) => keys
                 .iter()
                 .map(|key| {
-                    Some(Failure {
-                        reason: format!("establish answer not understood: {e}"),
-                        call: Some(call(key)),
-                        status: Some(resp.status),
-                        errorcode: None,
-                        attempts: None,
-                        outcome: Outcome::Failed,
-                    })
+                    Some(Failure::failed(
+                        format!("establish answer not understood: {e}"),
+                        call(key),
+                        Some(resp.status),
+                        None,
+                        None,
+                    ))
                 })
                 .collect(),
         },

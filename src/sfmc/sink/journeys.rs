@@ -79,17 +79,16 @@ async fn send_members(shared: &Shared, definition: &str, batch: Vec<JourneyMsg>)
                 .zip(&batch)
                 .map(|(o, m)| match o {
                     MemberOutcome::Queued { .. } => None,
-                    MemberOutcome::Refused { errorcode, message } => Some(Failure {
-                        reason: format!(
+                    MemberOutcome::Refused { errorcode, message } => Some(Failure::failed(
+                        format!(
                             "SFMC refused the journey entry of {:?} ({definition}): {message}",
                             m.contact_key
                         ),
-                        call: Some(call(m)),
-                        status: Some(resp.status),
+                        call(m),
+                        Some(resp.status),
                         errorcode,
-                        attempts: None,
-                        outcome: Outcome::Failed,
-                    }),
+                        None,
+                    )),
                 })
                 .collect(),
             // SFMC took the request but its answer does not say which member entered: the

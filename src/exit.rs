@@ -17,6 +17,11 @@ pub enum ExitStatus {
     Config,
     /// 3: `--strict` and something was dead-lettered.
     DeadLettered,
+    /// 4: `run`/`replay` stopped before every event was sent: it gave up waiting for SFMC
+    /// (`delivery.give_up_after`, or a signal during an outage) or a signal stopped it;
+    /// the events not sent are in the dead-letter file as `undelivered`, in input order,
+    /// and `replay` sends them.
+    Undelivered,
 }
 
 impl ExitStatus {
@@ -27,6 +32,7 @@ impl ExitStatus {
             ExitStatus::Io | ExitStatus::Failed => 1,
             ExitStatus::Config => 2,
             ExitStatus::DeadLettered => 3,
+            ExitStatus::Undelivered => 4,
         }
     }
 }
@@ -57,6 +63,7 @@ mod tests {
         assert_eq!(ExitStatus::Failed.code(), 1);
         assert_eq!(ExitStatus::Config.code(), 2);
         assert_eq!(ExitStatus::DeadLettered.code(), 3);
+        assert_eq!(ExitStatus::Undelivered.code(), 4);
         assert_eq!(
             ExitStatus::from(&RunError::Config("x".into())),
             ExitStatus::Config

@@ -40,6 +40,7 @@ pub enum Command {
     #[command(after_help = RUN_HELP)]
     Run(RunArgs),
     /// Send the events of a dead-letter file again (after fixing the rules or the data extension)
+    #[command(after_help = RUN_HELP)]
     Replay(ReplayArgs),
     /// Consume events from a Kafka topic as one member of a consumer group and deliver them
     ///
@@ -83,7 +84,7 @@ pub struct TransformArgs {
     /// Rules directory (every *.yaml/*.yml in it); default: the embedded default rules
     #[arg(long, value_name = "DIR")]
     pub rules: Option<PathBuf>,
-    /// NDJSON events (one per line, or {"batch":[...]} envelopes); default: stdin
+    /// NDJSON events (one per line, or {"batch":[...]} envelopes); `-` or default: stdin
     #[arg(long, value_name = "FILE")]
     pub input: Option<PathBuf>,
     /// Do not watch the rules directory for changes (SIGHUP still reloads)
@@ -97,7 +98,7 @@ pub struct RunArgs {
     /// Rules directory; default: the embedded default rules
     #[arg(long, value_name = "DIR")]
     pub rules: Option<PathBuf>,
-    /// NDJSON events (one per line, or {"batch":[...]} envelopes); default: stdin
+    /// NDJSON events (one per line, or {"batch":[...]} envelopes); `-` or default: stdin
     #[arg(long, value_name = "FILE")]
     pub input: Option<PathBuf>,
     #[command(flatten)]
@@ -517,7 +518,10 @@ Environment:
   SFMC_AUTH_URL, SFMC_REST_URL        override the base URLs (proxy, sandbox, simulator)
 
 Exit status: 0 done (every event delivered, skipped or dead-lettered), 1 I/O error,
-2 configuration error (rules, environment), 3 with --strict when anything was dead-lettered.";
+2 configuration error (rules, environment), 3 with --strict when anything was dead-lettered,
+4 stopped before every event was sent (gave up after delivery.give_up_after of SFMC
+unavailability, or a signal): the events not sent are in the dead-letter file as
+\"undelivered\", in input order; `sfmc-relay replay FILE` sends them.";
 
 #[cfg(test)]
 mod tests {

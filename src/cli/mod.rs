@@ -303,7 +303,8 @@ fn run_error(e: &RunError) -> ExitStatus {
 }
 
 /// Print a delivery command's end (see [`summary::delivery`]) and choose its exit status:
-/// with `strict`, [`ExitStatus::DeadLettered`] when anything was dead-lettered.
+/// [`ExitStatus::Undelivered`] when events were left undelivered (gave up, or stopped);
+/// else with `strict`, [`ExitStatus::DeadLettered`] when anything was dead-lettered.
 fn finish_delivery(
     result: Result<RunSummary, RunError>,
     live: Option<&LiveRules>,
@@ -322,7 +323,9 @@ fn finish_delivery(
         Default::default()
     };
     eprintln!("{}", summary::delivery(&summary, live, unit, &dead));
-    if strict && summary.dead_lettered > 0 {
+    if summary.undelivered > 0 {
+        ExitStatus::Undelivered
+    } else if strict && summary.dead_lettered > 0 {
         ExitStatus::DeadLettered
     } else {
         ExitStatus::Success

@@ -5,7 +5,8 @@ use crate::pipeline::{Pipeline, PipelineOptions};
 use crate::source::{Framing, file, lines};
 use std::path::PathBuf;
 use std::sync::Arc;
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::Ordering;
+use std::time::Duration;
 
 pub use crate::pipeline::{
     Env, RuleSource, RunError, RunSummary, Target, sink_config, target, wait_for_signal,
@@ -52,25 +53,43 @@ pub async fn run(rules: RuleSource, opts: RunOptions) -> Result<RunSummary, RunE
     p.progress = opts.progress;
     p.state_dir = opts.state_dir;
     let pipeline = Pipeline::start(rules, p).await?;
-    let lines_read = Arc::new(AtomicU64::new(0));
+    let state = Arc::new(file::ReaderState::default());
+    let unsent = pipeline.unsent();
     let reader = {
-        let (feeder, unsent, lines_read) =
-            (pipeline.feeder(), pipeline.unsent(), lines_read.clone());
+        let (feeder, unsent, state) = (pipeline.feeder(), unsent.clone(), state.clone());
         std::thread::Builder::new()
             .name("sfmc-relay-reader".into())
-            .spawn(move || file::read_into(input, feeder, unsent, lines_read))
+            .spawn(move || file::read_into(input, feeder, unsent, state))
             .map_err(|e| RunError::Io(e.to_string()))?
     };
     let mut summary = pipeline.run(wait_for_signal()).await?;
-    // After a signal the reader may be blocked reading stdin: leave it (the process ends).
-    let read = if summary.interrupted && !reader.is_finished() {
-        Ok(())
+    // After a stop the reader dead-letters what it read but could not push, then ends;
+    // one waiting for more of a stdin that does not end holds nothing: leave it (the
+    // process ends).
+    let read = if summary.interrupted {
+        while !reader.is_finished() && !state.idle.load(Ordering::SeqCst) {
+            tokio::time::sleep(Duration::from_millis(5)).await;
+        }
+        if reader.is_finished() {
+            join(reader)?
+        } else {
+            Ok(())
+        }
     } else {
-        reader
-            .join()
-            .map_err(|_| RunError::Io("the input reader thread panicked".into()))?
+        join(reader)?
     };
-    summary.lines = lines_read.load(Ordering::Relaxed);
+    unsent
+        .complete(&mut summary)
+        .map_err(|e| RunError::Io(format!("dead-letter file: {e}")))?;
+    summary.lines = state.lines_read.load(Ordering::Relaxed);
     read.map_err(|e| RunError::Io(format!("reading input: {e}")))?;
     Ok(summary)
+}
+
+fn join(
+    reader: std::thread::JoinHandle<std::io::Result<()>>,
+) -> Result<std::io::Result<()>, RunError> {
+    reader
+        .join()
+        .map_err(|_| RunError::Io("the input reader thread panicked".into()))
 }

@@ -43,6 +43,7 @@ pub use workers::{Feeder, Stopped};
 
 use crate::event::{Line, parse_line_at};
 use crate::rules::Program;
+use crate::sfmc::BreakerState;
 use crate::sfmc::SfmcClient;
 use crate::sfmc::deadletter::{DeadLetters, Failure, Tee};
 use crate::sfmc::sink::{Completion, Counters, Delivery, Sink, Submission};
@@ -165,6 +166,10 @@ impl Pipeline {
                 .set_give_up_after(program.settings.delivery.give_up_after);
         }
         let mut dead = DeadLetters::new(&opts.dead_letter);
+        if !opts.durable {
+            // `replay` must send what was not delivered in input order.
+            dead = dead.undelivered_in_input_order();
+        }
         if let Some(tee) = opts.dead_letter_tee.take() {
             dead = dead.with_tee(tee);
         }
@@ -271,20 +276,41 @@ impl Pipeline {
         drop(feeder);
         let stop_flag = Arc::new(AtomicBool::new(false));
         let woken = Arc::new(tokio::sync::Notify::new());
+        let gave_up: Arc<Mutex<Option<String>>> = Arc::default();
         let stopper = tokio::spawn({
-            let (flag, woken) = (stop_flag.clone(), woken.clone());
+            let (flag, woken, gave_up) = (stop_flag.clone(), woken.clone(), gave_up.clone());
             let (client, durable) = (target.client.clone(), opts.durable);
             async move {
-                stop.await;
+                // A file source stops reading when the client gives up (after
+                // `delivery.give_up_after` of unavailability); durable sources never set
+                // it, so for them only the signal counts.
+                let given_up = tokio::select! {
+                    () = stop => None,
+                    why = client.until_given_up(), if !durable => Some(why),
+                };
+                let why = match given_up {
+                    Some(why) => {
+                        eprintln!(
+                            "sfmc-relay: giving up: {why}; no more input is read, and events not delivered are written to the dead-letter file as undelivered"
+                        );
+                        Some(why)
+                    }
+                    // A file source stopped during an outage: what waits for SFMC is
+                    // dead-lettered as undelivered at once (`replay` sends it).
+                    None if !durable && client.give_up_if_unavailable() => {
+                        eprintln!(
+                            "sfmc-relay: SFMC is unavailable: events not delivered are written to the dead-letter file as undelivered"
+                        );
+                        Some(format!(
+                            "stopped by signal while SFMC was unavailable ({})",
+                            client.health().reason.unwrap_or_default()
+                        ))
+                    }
+                    None => None,
+                };
+                *gave_up.lock().unwrap_or_else(|e| e.into_inner()) = why;
                 flag.store(true, Ordering::SeqCst);
                 woken.notify_one();
-                // A file source stopped during an outage: what waits for SFMC is
-                // dead-lettered as undelivered at once (`replay` sends it).
-                if !durable && client.give_up_if_unavailable() {
-                    eprintln!(
-                        "sfmc-relay: SFMC is unavailable: events not delivered are written to the dead-letter file as undelivered"
-                    );
-                }
             }
         });
         let mut d = Dispatcher {
@@ -304,7 +330,17 @@ impl Pipeline {
         let mut deadline: Option<tokio::time::Instant> = None;
         let drain = opts.drain_timeout;
         let stop_at = |deadline: &mut Option<tokio::time::Instant>| {
-            if let Some(t) = drain {
+            if let Some(mut t) = drain {
+                // Stopped during an outage, a durable source need not wait out its drain
+                // time (a supervisor's grace period would end in a SIGKILL): nothing would
+                // be delivered, and what was not is still in the source. A second lets a
+                // request on the wire (a probe) end.
+                if opts.durable && target.client.health().state != BreakerState::Closed {
+                    t = t.min(Duration::from_secs(1));
+                    eprintln!(
+                        "sfmc-relay: SFMC is unavailable: stopping without waiting for it; what was not delivered stays in the source and is delivered after the restart"
+                    );
+                }
                 *deadline = Some(tokio::time::Instant::now() + t);
             }
         };
@@ -348,9 +384,30 @@ impl Pipeline {
                             let _ = tokio::time::timeout_at(dl, d.dispatch(p)).await;
                         }
                     }
+                    // Back-pressure can hold a dispatch for as long as SFMC is down: a
+                    // durable source's stop must not wait for it. A record cut short is
+                    // never acknowledged, so its source delivers it again.
+                    _ if d.durable && !d.stopping => {
+                        let cut = tokio::select! {
+                            biased;
+                            () = d.dispatch(p) => false,
+                            () = noticed(&stop_flag, &woken) => true,
+                        };
+                        if cut {
+                            d.stopping = true;
+                            interrupted = true;
+                            stop_at(&mut deadline);
+                            output.stop();
+                        }
+                    }
                     _ => d.dispatch(p).await,
                 }
             }
+        }
+        // A durable source's input ends only when it stops (it may notice the stop before
+        // the pipeline does): its drain time starts now.
+        if opts.durable && deadline.is_none() {
+            stop_at(&mut deadline);
         }
         let events = d.events;
         stopper.abort();
@@ -365,7 +422,7 @@ impl Pipeline {
                 Ok(r) => r,
                 Err(_) => {
                     eprintln!(
-                        "sfmc-relay: deliveries still in flight after {t:?}: they stay in the source (unacknowledged) and are delivered again"
+                        "sfmc-relay: deliveries still in flight at the end of the drain time (at most {t:?}): they stay in the source (unacknowledged) and are delivered again"
                     );
                     Ok(())
                 }
@@ -392,13 +449,31 @@ impl Pipeline {
             simulator_report: None,
             notes: Vec::new(),
             unit: opts.unit,
+            ..RunSummary::default()
         };
         if let Some(sim) = target.sim {
             summary.simulator_report = Some(sim.summary_text());
             sim.shutdown().await;
         }
         finish.map_err(|e| RunError::Io(format!("dead-letter file: {e}")))?;
+        unsent
+            .flush()
+            .map_err(|e| RunError::Io(format!("dead-letter file: {e}")))?;
+        summary.gave_up = gave_up.lock().unwrap_or_else(|e| e.into_inner()).take();
+        summary.undelivered = unsent.dead.undelivered();
+        summary.unsent = late;
         Ok(summary)
+    }
+}
+
+/// Resolves once `flag` is set (the stopper sets it, then notifies `woken`).
+async fn noticed(flag: &AtomicBool, woken: &tokio::sync::Notify) {
+    loop {
+        let notified = woken.notified();
+        if flag.load(Ordering::SeqCst) {
+            return;
+        }
+        notified.await;
     }
 }
 
@@ -540,6 +615,30 @@ pub struct Unsent {
 }
 
 impl Unsent {
+    /// Events written so far.
+    pub fn count(&self) -> u64 {
+        self.events.load(Ordering::Relaxed)
+    }
+
+    /// Write the held `undelivered` dead letters in input order (see
+    /// [`DeadLetters::flush_held`]); later ones are written at once.
+    pub fn flush(&self) -> std::io::Result<()> {
+        self.dead.flush_held()
+    }
+
+    /// Bring `summary` up to date with what was written after it was made (a source that
+    /// wrote its last records late) and flush.
+    pub fn complete(&self, summary: &mut RunSummary) -> std::io::Result<()> {
+        let now = self.count();
+        let late = now.saturating_sub(summary.unsent);
+        summary.unsent = now;
+        summary.events += late;
+        summary.dead_lettered += late;
+        self.flush()?;
+        summary.undelivered = self.dead.undelivered();
+        Ok(())
+    }
+
     pub fn write(&self, records: Vec<Record>) -> std::io::Result<()> {
         let version = (self.rules)().version.clone();
         let failure = Failure::undelivered(STOPPED_REASON, None, None);

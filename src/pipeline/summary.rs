@@ -20,6 +20,14 @@ pub struct RunSummary {
     pub rules_version: String,
     pub dead_letter_path: PathBuf,
     pub interrupted: bool,
+    /// Why the run gave up waiting for SFMC (`delivery.give_up_after`, or a signal during
+    /// an outage), if it did.
+    pub gave_up: Option<String>,
+    /// Events dead-lettered as `undelivered` (included in `dead_lettered`): not sent
+    /// because the run stopped or gave up; `replay` sends them.
+    pub undelivered: u64,
+    /// Of those, events the source read but could not hand over (included above).
+    pub unsent: u64,
     /// Why events were skipped, with counts (bounded: the most frequent by name).
     pub skip_reasons: SkipReasons,
     /// The simulator's "what landed" report, when the built-in simulator was used.
@@ -102,8 +110,22 @@ impl RunSummary {
             s.push_str(note);
             s.push('\n');
         }
+        if self.undelivered > 0 {
+            s.push_str(&format!(
+                "undelivered: {} events were not sent{}: they are in {} in input order with outcome \"undelivered\"; `sfmc-relay replay {}` sends them\n",
+                self.undelivered,
+                match &self.gave_up {
+                    Some(why) => format!(" (gave up: {why})"),
+                    None => " (stopped by signal)".to_string(),
+                },
+                self.dead_letter_path.display(),
+                self.dead_letter_path.display(),
+            ));
+        }
         s.push_str(&format!("rules {}", self.rules_version));
-        if self.interrupted {
+        if self.gave_up.is_some() {
+            s.push_str("; gave up waiting for SFMC");
+        } else if self.interrupted {
             s.push_str("; stopped by signal (in-flight events were flushed)");
         }
         s

@@ -460,6 +460,12 @@ impl SfmcClient {
         self.inner.breaker.is_stopped()
     }
 
+    /// Resolves once the client gave up ([`SfmcClient::give_up`], or
+    /// [`ClientConfig::give_up_after`] of unavailability), with the reason.
+    pub async fn until_given_up(&self) -> String {
+        self.inner.breaker.until_stopped().await.0
+    }
+
     /// Change [`ClientConfig::give_up_after`] (e.g. `run` sets `delivery.give_up_after`).
     pub fn set_give_up_after(&self, after: Option<Duration>) {
         self.inner.breaker.set_give_up_after(after);

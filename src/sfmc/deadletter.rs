@@ -147,12 +147,25 @@ struct Record<'a> {
 /// to a Kafka topic.
 pub type Tee = Box<dyn Fn(&Value, &[u8]) + Send + Sync>;
 
+/// A held `undelivered` record: its input line, arrival, event and record line.
+type Held = (u64, u64, Value, Vec<u8>);
+
 /// Appends dead letters to a file, created on the first one.
+///
+/// With [`DeadLetters::undelivered_in_input_order`] (`run`, `replay`), records with
+/// outcome `undelivered` are held back and written sorted by their input line when the
+/// run ends ([`DeadLetters::flush_held`]): they are written as the sink's requests end,
+/// lane by lane, and `replay` must send them in input order (an older row must not land
+/// after a newer one of the same key). Held records are few: what was in flight or queued
+/// when the run stopped reading.
 pub struct DeadLetters {
     path: PathBuf,
     out: Mutex<Option<BufWriter<File>>>,
     written: std::sync::atomic::AtomicU64,
+    undelivered: std::sync::atomic::AtomicU64,
     tee: Option<Tee>,
+    /// `Some` while undelivered records are held: (line, arrival, record line).
+    held: Mutex<Option<Vec<Held>>>,
 }
 
 impl DeadLetters {
@@ -161,8 +174,36 @@ impl DeadLetters {
             path: path.to_path_buf(),
             out: Mutex::new(None),
             written: Default::default(),
+            undelivered: Default::default(),
             tee: None,
+            held: Mutex::new(None),
         }
+    }
+
+    /// Hold `undelivered` records until [`DeadLetters::flush_held`] and write them in
+    /// input order (see the type's docs).
+    pub fn undelivered_in_input_order(self) -> Self {
+        *self.held.lock().unwrap_or_else(|e| e.into_inner()) = Some(Vec::new());
+        self
+    }
+
+    /// Records written with outcome `undelivered` (held ones included).
+    pub fn undelivered(&self) -> u64 {
+        self.undelivered.load(std::sync::atomic::Ordering::Relaxed)
+    }
+
+    /// Write the held `undelivered` records, sorted by input line (stable: records of one
+    /// line keep their order); later ones are written at once. Idempotent.
+    pub fn flush_held(&self) -> std::io::Result<()> {
+        let mut held = self.held.lock().unwrap_or_else(|e| e.into_inner());
+        let Some(mut records) = held.take() else {
+            return Ok(());
+        };
+        records.sort_by_key(|(line, arrival, _, _)| (*line, *arrival));
+        for (_, _, event, line) in records {
+            self.append(&event, &line)?;
+        }
+        Ok(())
     }
 
     /// Also hand each record to `tee` once it is in the file (in file order).
@@ -195,6 +236,27 @@ impl DeadLetters {
             failure,
             event,
         };
+        let mut line = serde_json::to_vec(&rec)?;
+        line.push(b'\n');
+        if failure.outcome == Outcome::Undelivered {
+            self.undelivered
+                .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+            let mut held = self.held.lock().unwrap_or_else(|e| e.into_inner());
+            if let Some(records) = held.as_mut() {
+                let key = match origin {
+                    Origin::Line(n) => *n,
+                    _ => 0,
+                };
+                let arrival = records.len() as u64;
+                records.push((key, arrival, event.clone(), line));
+                return Ok(());
+            }
+        }
+        self.append(event, &line)
+    }
+
+    /// Append one record line (with its newline) and hand it to the tee.
+    fn append(&self, event: &Value, line: &[u8]) -> std::io::Result<()> {
         let mut guard = self.out.lock().unwrap_or_else(|e| e.into_inner());
         if guard.is_none() {
             let f = OpenOptions::new()
@@ -210,9 +272,7 @@ impl DeadLetters {
             *guard = Some(BufWriter::new(f));
         }
         let w = guard.as_mut().expect("opened above");
-        let mut line = serde_json::to_vec(&rec)?;
-        line.push(b'\n');
-        w.write_all(&line)?;
+        w.write_all(line)?;
         w.flush()?;
         self.written
             .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
@@ -259,6 +319,38 @@ pub fn last_reasons(
 #[cfg(test)]
 mod last_reasons_tests {
     use super::*;
+
+    #[test]
+    fn held_undelivered_records_are_written_in_input_order() {
+        let dir = tempfile::tempdir().unwrap();
+        let p = dir.path().join("dl.ndjson");
+        let d = DeadLetters::new(&p).undelivered_in_input_order();
+        let undelivered = Failure::undelivered("gave up", None, None);
+        for line in [5, 2, 9] {
+            let origin = crate::source::Origin::Line(line);
+            d.write(&origin, "r1", &Value::Null, &undelivered).unwrap();
+        }
+        // Other outcomes are written at once.
+        let origin = crate::source::Origin::Line(7);
+        d.write(&origin, "r1", &Value::Null, &Failure::rejected("bad"))
+            .unwrap();
+        assert_eq!(d.undelivered(), 3);
+        d.flush_held().unwrap();
+        // Later ones go straight to the file; flushing again changes nothing.
+        let origin = crate::source::Origin::Line(10);
+        d.write(&origin, "r1", &Value::Null, &undelivered).unwrap();
+        d.flush_held().unwrap();
+        let lines: Vec<u64> = std::fs::read_to_string(&p)
+            .unwrap()
+            .lines()
+            .map(|l| {
+                serde_json::from_str::<Value>(l).unwrap()["line"]
+                    .as_u64()
+                    .unwrap()
+            })
+            .collect();
+        assert_eq!(lines, [7, 2, 5, 9, 10]);
+    }
 
     #[test]
     fn counts_the_reasons_of_the_last_records() {

@@ -7,18 +7,28 @@ use super::{Ack, Origin, Record};
 use crate::pipeline::{Feeder, Stopped, Unsent};
 use std::io::Read;
 use std::sync::Arc;
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 
 /// Lines per chunk (a partial chunk goes as soon as the input pauses).
 pub const CHUNK_LINES: usize = 256;
 
+/// What the reader thread shares with the command that waits for it.
+#[derive(Debug, Default)]
+pub struct ReaderState {
+    /// Lines read so far.
+    pub lines_read: AtomicU64,
+    /// The reader waits for input holding no record (everything read was pushed or
+    /// dead-lettered): after a stop, the command need not wait for it to finish (stdin
+    /// may never end).
+    pub idle: AtomicBool,
+}
+
 /// Read `input` to its end (or until the pipeline stops), pushing chunks of lines.
-/// `lines_read` counts lines as they are read.
 pub fn read_into(
     input: Box<dyn Read + Send>,
     feeder: Feeder,
     unsent: Unsent,
-    lines_read: Arc<AtomicU64>,
+    state: Arc<ReaderState>,
 ) -> std::io::Result<()> {
     let mut reader = LineReader::new(input);
     let mut chunk: Vec<Record> = Vec::with_capacity(CHUNK_LINES);
@@ -33,7 +43,10 @@ pub fn read_into(
             push(std::mem::take(&mut chunk))?;
             return Ok(());
         }
-        let line = match reader.next_line() {
+        state.idle.store(chunk.is_empty(), Ordering::SeqCst);
+        let next = reader.next_line();
+        state.idle.store(false, Ordering::SeqCst);
+        let line = match next {
             Ok(l) => l,
             Err(e) => {
                 push(std::mem::take(&mut chunk))?;
@@ -41,7 +54,7 @@ pub fn read_into(
             }
         };
         let Some(line) = line else { break };
-        lines_read.fetch_add(1, Ordering::Relaxed);
+        state.lines_read.fetch_add(1, Ordering::Relaxed);
         chunk.push(Record {
             origin: Origin::Line(line.number),
             data: line.bytes.to_vec(),

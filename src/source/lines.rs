@@ -9,9 +9,11 @@ use crate::event::{
 use std::io::{BufReader, Read};
 use std::path::Path;
 
-/// Open `path`, or stdin when `None`; the error names the file.
+/// Open `path`, or stdin when `None` or `-`; the error names the file.
 pub fn open_input(path: Option<&Path>) -> std::io::Result<Box<dyn Read + Send>> {
     Ok(match path {
+        // `-` is stdin, as for most command-line tools.
+        Some(p) if p.as_os_str() == "-" => Box::new(std::io::stdin()),
         Some(p) => Box::new(std::fs::File::open(p).map_err(|e| {
             std::io::Error::new(e.kind(), format!("cannot open {}: {e}", p.display()))
         })?),

@@ -340,7 +340,7 @@ async fn storm_of_429_500_and_bare_10006_loses_nothing_and_sends_no_event_twice(
     assert_eq!(s.delivered + dl.len() as u64, 400, "{}", s.render());
     for d in &dl {
         assert_eq!(d["outcome"], "uncertain", "{d}");
-        assert_eq!(d["call"]["path"], "/interaction/v1/events", "{d}");
+        assert_eq!(d["call"]["path"], "/interaction/v1/async/events", "{d}");
         assert!(d["reason"].as_str().unwrap().contains("HTTP 500"), "{d}");
     }
     assert!(s.client.retries > 0);

@@ -18,7 +18,7 @@ use sfmc_relay::commands::consume::{self, ConsumeOptions};
 use sfmc_relay::commands::produce::{self, ProduceOptions};
 use sfmc_relay::commands::run::{RunError, RunSummary};
 use sfmc_relay::rules::Program;
-use sfmc_relay::sim::{Faults, SimConfig, SimHandle};
+use sfmc_relay::sim::{self, Faults, SimConfig, SimHandle};
 use sfmc_relay::source::kafka::{ConsumeStats, client_config};
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
@@ -145,6 +145,28 @@ fn start_relay(
         task,
         stats,
         dead,
+    }
+}
+
+/// `consume` as a process in group `g` with short commit and session intervals.
+fn consume_process<'a>(
+    mock: &'a Mock,
+    rules: &'a Path,
+    dir: &'a Path,
+    name: &'a str,
+    args: &'a [&'a str],
+) -> ConsumeProcess<'a> {
+    ConsumeProcess {
+        brokers: &mock.servers,
+        topic: TOPIC,
+        group: "g",
+        rules,
+        dir,
+        name,
+        commit_interval_ms: 100,
+        session_timeout_ms: 3000,
+        heartbeat_interval_ms: 200,
+        args,
     }
 }
 
@@ -355,18 +377,13 @@ async fn a_killed_relay_process_s_partitions_are_taken_over_without_loss() {
     )
     .unwrap();
     let spawn = |name: &str| {
-        ConsumeProcess {
-            brokers: &mock.servers,
-            topic: TOPIC,
-            group: "g",
-            rules: rules.path(),
-            dir: dir.path(),
+        consume_process(
+            &mock,
+            rules.path(),
+            dir.path(),
             name,
-            commit_interval_ms: 100,
-            session_timeout_ms: 3000,
-            heartbeat_interval_ms: 200,
-            args: &["--requests-per-second", "40"],
-        }
+            &["--requests-per-second", "40"],
+        )
         .spawn(&sim)
     };
     let log = |name: &str| log_of(dir.path(), name);
@@ -783,4 +800,119 @@ async fn consume_skip_reasons_are_bounded() {
     assert!(s.skip_reasons.top().len() <= sfmc_relay::pipeline::SKIP_REASONS_KEPT);
     assert!(s.skip_reasons.other() > 0);
     assert!(s.render().contains("other reason(s)"), "{}", s.render());
+}
+
+// `consume` as a process through an outage (issue 14). Fails if an outage turns events
+// into dead letters, if a relay stopped during the outage commits offsets of events it
+// had not delivered (its successor would then miss them), or if a short outage is not
+// waited out by a running relay.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn an_outage_pauses_consume_and_commits_nothing_undelivered() {
+    let mock = mock();
+    let dir = tempfile::tempdir().unwrap();
+    let sim = start_sim("").await;
+    // Few retries: if an outage were treated as a data error it would show quickly.
+    let rules = rules_dir(&Settings {
+        attempts: 3,
+        ..Settings::default()
+    });
+    // A 50200 block pauses delivery for `blocked_pause` (2 min by default).
+    add_retry_setting(rules.path(), "blocked_pause: 1s");
+    let spawn = |name: &str| {
+        consume_process(
+            &mock,
+            rules.path(),
+            dir.path(),
+            name,
+            &["--rebalance-flush-ms", "200"],
+        )
+        .spawn(&sim)
+    };
+    let refused = || sim.stats().faults_injected.values().sum::<u64>();
+    // SFMC blocks every REST call (429 errorcode 50200: proven not processed, so journey
+    // entries wait too) until the test clears it.
+    sim.add_outage(sim::Outage::new(sim::OutageKind::RestBlocked))
+        .unwrap();
+    let mut a = spawn("a");
+    wait_for_log(
+        dir.path(),
+        "a",
+        "partitions assigned",
+        1,
+        Duration::from_secs(30),
+    )
+    .await;
+    let users = 30;
+    produce_events(&mock, dir.path(), &workload(users, "t10")).await;
+    wait_until("SFMC refused requests", Duration::from_secs(30), || {
+        refused() >= 10
+    })
+    .await;
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    assert!(sim.api_events().is_empty() && sim.rows("orders").is_empty());
+    signal(a.id().expect("running"), "TERM");
+    let status = tokio::time::timeout(Duration::from_secs(30), a.wait())
+        .await
+        .unwrap_or_else(|_| panic!("a did not stop in time: {}", log_of(dir.path(), "a")))
+        .unwrap();
+    let log_a = log_of(dir.path(), "a");
+    assert!(status.success(), "{log_a}");
+    assert_eq!(
+        dead_letters(&dead_letter_file(dir.path(), "a")),
+        Vec::<Value>::new(),
+        "{log_a}"
+    );
+
+    // SFMC is back: a new member of the group starts from a's commits and finds every
+    // event (nothing was committed past an undelivered one), each journey entry once.
+    sim.clear_outages();
+    let mut b = spawn("b");
+    wait_landed(&sim, users, "t10", Duration::from_secs(90)).await;
+    assert_eq!(duplicated_api_events(&sim), vec![]);
+
+    // A running relay waits out a 3 s storm of 503s and then delivers. (No journey
+    // entries here: one answered 503 may have been processed, so it is dead-lettered as
+    // `uncertain`, as `outage::a_lost_journey_answer_is_uncertain_and_never_resent` shows.)
+    let before = refused();
+    sim.add_outage(sim::Outage {
+        seconds: Some(3.0),
+        ..sim::Outage::new(sim::OutageKind::ServerErrors)
+    })
+    .unwrap();
+    let rows: Vec<Value> = workload(users, "t11")
+        .into_iter()
+        .filter(|e| e["event"] != "Signed Up")
+        .collect();
+    produce_events(&mock, dir.path(), &rows).await;
+    wait_until("every t11 order", Duration::from_secs(90), || {
+        let orders = sim.rows("orders");
+        (0..users).all(|u| {
+            let user = format!("t11-user-{u}");
+            (0..2).all(|o| {
+                find_row(
+                    &orders,
+                    &key(&[
+                        ("Order Id", &format!("{user}-order-{o}")),
+                        ("Contact Key", &user),
+                    ]),
+                )
+                .is_some()
+            })
+        })
+    })
+    .await;
+    assert!(refused() > before, "the second outage refused nothing");
+    assert_eq!(duplicated_api_events(&sim), vec![]);
+    signal(b.id().expect("running"), "TERM");
+    let status = tokio::time::timeout(Duration::from_secs(30), b.wait())
+        .await
+        .expect("b stopped in time")
+        .unwrap();
+    let log_b = log_of(dir.path(), "b");
+    assert!(status.success(), "{log_b}");
+    assert_eq!(
+        dead_letters(&dead_letter_file(dir.path(), "b")),
+        Vec::<Value>::new(),
+        "{log_b}"
+    );
 }

@@ -26,6 +26,7 @@ mod kafka;
 mod kafka_mock;
 mod live_rules;
 mod outage;
+mod outage_run;
 mod properties;
 mod readme;
 mod rules_errors;

@@ -143,8 +143,9 @@ async fn no_subcommand_prints_a_secret() {
         cmd.current_dir(root());
         let out = output(cmd).await;
         let (stdout, stderr) = (text(&out.stdout), text(&out.stderr));
+        // 4: a run that gave up on rejected credentials (its events are undelivered).
         assert!(
-            out.status.code().is_some_and(|c| c <= 1),
+            out.status.code().is_some_and(|c| c <= 1 || c == 4),
             "{name}: exit {:?}: {stderr}",
             out.status
         );

@@ -92,6 +92,36 @@ base_delay: {}\n    max_delay: {}\n",
     dir
 }
 
+/// `sfmc-relay run` as a process reading events from a pipe (stdin, stdout and stderr
+/// piped), against `sim`, with `args` after `run --rules RULES --dead-letter DEAD`.
+pub fn run_on_stdin(
+    rules: &Path,
+    dead: &Path,
+    sim: &sfmc_relay::sim::SimHandle,
+    args: &[&str],
+) -> tokio::process::Child {
+    let mut all = vec!["run", "--rules", path(rules), "--dead-letter", path(dead)];
+    all.extend_from_slice(args);
+    relay(&all, &sim_env(sim, &[]))
+        .stdin(std::process::Stdio::piped())
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .expect("spawn relay")
+}
+
+/// A copy of `rules_dir`'s settings with `line` added under `delivery.retry:` (e.g.
+/// `blocked_pause: 1s`).
+pub fn add_retry_setting(rules: &Path, line: &str) {
+    let settings = rules.join("settings.yaml");
+    let text = std::fs::read_to_string(&settings).unwrap();
+    std::fs::write(
+        &settings,
+        text.replace("  retry:\n", &format!("  retry:\n    {line}\n")),
+    )
+    .unwrap();
+}
+
 /// Compile a rules directory (no environment variables).
 pub fn load(dir: &Path) -> Arc<Program> {
     let loaded = rules::load(Some(dir), &sfmc_relay::env::Env::empty(), 1).expect("rules compile");

@@ -22,7 +22,9 @@ use std::time::Duration;
     long_about = "Relay Segment-spec analytics events (identify, track, page, screen, group, alias) \
 to Salesforce Marketing Cloud's REST API. What goes where is decided by YAML rule files \
 (see docs/rules.md); without --rules the embedded default rules are used, which behave like \
-Segment's classic SFMC destination.\n\nCredentials come from the environment only \
+Segment's classic SFMC destination (`run` and `replay` without SFMC credentials deliver to the \
+built-in simulator with the embedded demo rules, examples/ecommerce/rules, so a first run shows \
+rows, contacts and a journey entry land).\n\nCredentials come from the environment only \
 (SFMC_CLIENT_ID, SFMC_CLIENT_SECRET); they are never printed."
 )]
 pub struct Cli {
@@ -95,7 +97,7 @@ pub struct TransformArgs {
 // `sfmc-relay run`
 #[derive(clap::Args)]
 pub struct RunArgs {
-    /// Rules directory; default: the embedded default rules
+    /// Rules directory; default: the embedded default rules (with no SFMC credentials: the embedded demo rules, examples/ecommerce/rules)
     #[arg(long, value_name = "DIR")]
     pub rules: Option<PathBuf>,
     /// NDJSON events (one per line, or {"batch":[...]} envelopes); `-` or default: stdin
@@ -120,7 +122,7 @@ impl RunArgs {
 // `sfmc-relay replay`
 #[derive(clap::Args)]
 pub struct ReplayArgs {
-    /// Rules directory; default: the embedded default rules
+    /// Rules directory; default: the embedded default rules (with no SFMC credentials: the embedded demo rules, examples/ecommerce/rules)
     #[arg(long, value_name = "DIR")]
     pub rules: Option<PathBuf>,
     /// The dead-letter file written by `run`

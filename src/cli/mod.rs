@@ -78,14 +78,46 @@ fn deliver(
     opts: commands::run::RunOptions,
     strict: bool,
 ) -> ExitStatus {
-    let live = match start_rules(rules, watch) {
+    // The first run (no rules, no account: the built-in simulator) shows everything land.
+    let demo = rules.is_none()
+        && matches!(
+            crate::sfmc::CredentialSource::from_vars(|k| opts.env.get(k)),
+            Ok(None)
+        );
+    let live = if demo {
+        eprintln!("{DEMO_NOTE}");
+        LiveRules::start_with(rules::live::Options {
+            demo: true,
+            ..rules::live::Options::new(None, false)
+        })
+        .map_err(|e| {
+            eprintln!("{e}");
+            ExitStatus::Config
+        })
+    } else {
+        start_rules(rules, watch)
+    };
+    let live = match live {
         Ok(l) => l,
         Err(status) => return status,
     };
+    if opts.input.as_deref().is_none_or(|p| p == Path::new("-"))
+        && std::io::IsTerminal::is_terminal(&std::io::stdin())
+    {
+        eprintln!(
+            "sfmc-relay: reading NDJSON events from stdin (end with Ctrl-D; --input FILE reads a file)"
+        );
+    }
     let source = live.clone();
     let result = runtime().block_on(commands::run::run(Arc::new(move || source.current()), opts));
     finish_delivery(result, Some(&live), strict, InputUnit::Lines)
 }
+
+/// Said when `run`/`replay` use the embedded demo rules.
+pub const DEMO_NOTE: &str = "sfmc-relay: no --rules and no SFMC credentials: using the embedded demo rules \
+(examples/ecommerce/rules: the default rules plus identify -> data extension contacts, \
+Order Completed -> orders, Product Viewed -> product_views, Signed Up -> journey signup-journey). \
+With --rules DIR, or with credentials, your rules apply (without --rules: the embedded default rules).";
 
 /// `sfmc-relay serve`.
 pub fn serve(args: ServeArgs, env: &Env) -> ExitStatus {

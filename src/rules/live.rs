@@ -57,6 +57,8 @@ pub enum Log {
 pub struct Options {
     /// Rules directory; `None` = the embedded default rules (nothing to watch or reload).
     pub dir: Option<PathBuf>,
+    /// Without `dir`: the embedded demo rules instead of the defaults ([`super::DEMO`]).
+    pub demo: bool,
     /// Watch the directory for changes.
     pub watch: bool,
     /// Reload on SIGHUP (Unix; only with a directory).
@@ -76,6 +78,7 @@ impl Options {
     pub fn new(dir: Option<PathBuf>, watch: bool) -> Options {
         Options {
             dir,
+            demo: false,
             watch,
             sighup: true,
             debounce: Duration::from_millis(100),
@@ -169,9 +172,10 @@ impl std::fmt::Debug for LiveRules {
     }
 }
 
-fn read_files(dir: Option<&Path>) -> Result<Vec<SourceFile>, RuleErrors> {
+fn read_files(dir: Option<&Path>, demo: bool) -> Result<Vec<SourceFile>, RuleErrors> {
     match dir {
         Some(d) => super::read_dir(d),
+        None if demo => Ok(super::demo_sources()),
         None => Ok(super::embedded_sources()),
     }
 }
@@ -184,7 +188,7 @@ impl LiveRules {
     }
 
     pub fn start_with(opts: Options) -> Result<LiveRules, RuleErrors> {
-        let files = read_files(opts.dir.as_deref())?;
+        let files = read_files(opts.dir.as_deref(), opts.demo)?;
         let loaded = super::compile_sources(&files, &opts.env, 1)?;
         let (events, _) = broadcast::channel(64);
         let shared = Arc::new(Shared {
@@ -452,7 +456,7 @@ impl Shared {
         let _serial = self.reload_lock.lock().unwrap_or_else(|e| e.into_inner());
         let started = Instant::now();
         let previous = self.current();
-        let event = match read_files(self.opts.dir.as_deref()) {
+        let event = match read_files(self.opts.dir.as_deref(), self.opts.demo) {
             Err(errors) => self.failed(errors, &previous, None),
             Ok(files) => {
                 let hash = super::content_hash(&files);

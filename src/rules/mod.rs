@@ -50,6 +50,50 @@ pub fn embedded_sources() -> Vec<SourceFile> {
         .collect()
 }
 
+/// The demo rule set (the repository's `examples/ecommerce/rules`: the defaults with what
+/// a shop configures on top), embedded for the first run: `run` and `replay` use it when
+/// neither `--rules` nor SFMC credentials are given (the built-in simulator), so that a
+/// newcomer sees rows, contacts and a journey entry land. Never used for a real account.
+pub const DEMO: &[(&str, &str)] = &[
+    (
+        "casing.yaml",
+        include_str!("../../examples/ecommerce/rules/casing.yaml"),
+    ),
+    (
+        "context.yaml",
+        include_str!("../../examples/ecommerce/rules/context.yaml"),
+    ),
+    (
+        "events.yaml",
+        include_str!("../../examples/ecommerce/rules/events.yaml"),
+    ),
+    (
+        "filters.yaml",
+        include_str!("../../examples/ecommerce/rules/filters.yaml"),
+    ),
+    (
+        "identify.yaml",
+        include_str!("../../examples/ecommerce/rules/identify.yaml"),
+    ),
+    (
+        "settings.yaml",
+        include_str!("../../examples/ecommerce/rules/settings.yaml"),
+    ),
+];
+
+/// Name shown for the embedded demo rule set.
+pub const DEMO_NAME: &str = "<embedded demo rules>";
+
+/// The embedded demo rule files (see [`DEMO`]).
+pub fn demo_sources() -> Vec<SourceFile> {
+    DEMO.iter()
+        .map(|(name, text)| SourceFile {
+            name: format!("<embedded demo>/{name}"),
+            text: text.to_string(),
+        })
+        .collect()
+}
+
 /// Whether a directory entry is a rule file (not an editor's temp or backup file).
 pub fn is_rule_file(name: &str) -> bool {
     (name.ends_with(".yaml") || name.ends_with(".yml"))

@@ -260,19 +260,7 @@ async fn without_credentials_the_builtin_simulator_is_used() {
     let tmp = tempfile::tempdir().unwrap();
     let dead = tmp.path().join("dead.ndjson");
     let events = example_events();
-    let out = output(relay(
-        &[
-            "run",
-            "--rules",
-            path(rules.path()),
-            "--input",
-            path(&events),
-            "--dead-letter",
-            path(&dead),
-        ],
-        NO_ENV,
-    ))
-    .await;
+    let out = run_examples(Some(rules.path()), &dead, NO_ENV).await;
     let stderr = text(&out.stderr);
     assert_eq!(out.status.code(), Some(0), "{stderr}");
     assert!(stderr.contains("built-in SFMC simulator"), "{stderr}");
@@ -464,4 +452,45 @@ async fn corpus_writes_n_events_from_u_users_in_the_required_mix() {
     // The same seed gives the same corpus, on stdout too.
     let again = output(relay(&["corpus", "-n", "400", "--users", "7"], NO_ENV)).await;
     assert_eq!(again.stdout, std::fs::read(&file).unwrap());
+}
+
+// The demo rules are for the built-in simulator only. Fails if a run with credentials (a
+// real account) and no --rules got the demo mappings instead of the embedded defaults.
+#[tokio::test(flavor = "multi_thread")]
+async fn demo_rules_only_without_rules_and_without_credentials() {
+    let sim = start_sim("").await;
+    let tmp = tempfile::tempdir().unwrap();
+    let dead = tmp.path().join("dead.ndjson");
+    let out = run_examples(None, &dead, sim_env(&sim, &[])).await;
+    let stderr = text(&out.stderr);
+    assert_eq!(out.status.code(), Some(0), "{stderr}");
+    assert!(!stderr.contains("demo rules"), "{stderr}");
+    assert!(sim.rows("orders").is_empty() && sim.api_events().is_empty());
+    assert_eq!(sim.contacts().len(), 5, "{stderr}");
+
+    // Without credentials: the built-in simulator with the demo rules, and it says so.
+    let out = run_examples(None, &dead, NO_ENV).await;
+    let stderr = text(&out.stderr);
+    assert_eq!(out.status.code(), Some(0), "{stderr}");
+    assert!(stderr.contains("embedded demo rules"), "{stderr}");
+    assert!(stderr.contains("orders: 2 rows"), "{stderr}");
+    assert!(stderr.contains("API events: 1"), "{stderr}");
+}
+
+/// `run` over `examples/events.ndjson` with `rules` (or none) and `env`.
+async fn run_examples<K, V>(
+    rules: Option<&Path>,
+    dead: &Path,
+    env: impl IntoIterator<Item = (K, V)>,
+) -> std::process::Output
+where
+    K: AsRef<std::ffi::OsStr>,
+    V: AsRef<std::ffi::OsStr>,
+{
+    let events = example_events();
+    let mut args = vec!["run", "--input", path(&events), "--dead-letter", path(dead)];
+    if let Some(r) = rules {
+        args.extend(["--rules", path(r)]);
+    }
+    output(relay(&args, env)).await
 }

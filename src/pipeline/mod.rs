@@ -197,6 +197,12 @@ impl Pipeline {
                     .unwrap_or_default()
             });
             config.contact_state = Some(dir.join(format!("sfmc-relay.contacts.{tenant}.ndjson")));
+            // A durable source delivers a record again after a crash: its journey entries
+            // must not enter the contact twice.
+            if opts.durable {
+                config.journey_journal =
+                    Some(dir.join(format!("sfmc-relay.journeys.{tenant}.ndjson")));
+            }
         }
         let sink = Sink::new(
             target.client.clone(),

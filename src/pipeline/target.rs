@@ -132,5 +132,6 @@ pub fn sink_config(program: &Program) -> SinkConfig {
         async_batch_rows: d.async_batch_rows,
         request_timeout: d.request_timeout,
         contact_state: None,
+        journey_journal: None,
     }
 }

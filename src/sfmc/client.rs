@@ -605,6 +605,31 @@ impl SfmcClient {
         body: Bytes,
         idem: Idempotency,
     ) -> Result<SfmcResponse, SendError> {
+        self.send_inner(method, path, body, idem, &|| {}).await
+    }
+
+    /// [`SfmcClient::send`], calling `on_send` right before each attempt goes on the wire
+    /// (after every wait: breaker, in-flight bound, rate limiter, token). The journey
+    /// journal records there that SFMC may be about to process the request.
+    pub async fn send_noting(
+        &self,
+        method: Method,
+        path: &str,
+        body: Bytes,
+        on_send: &(dyn Fn() + Sync),
+    ) -> Result<SfmcResponse, SendError> {
+        let idem = classify::idempotency(&method, path);
+        self.send_inner(method, path, body, idem, on_send).await
+    }
+
+    async fn send_inner(
+        &self,
+        method: Method,
+        path: &str,
+        body: Bytes,
+        idem: Idempotency,
+        on_send: &(dyn Fn() + Sync),
+    ) -> Result<SfmcResponse, SendError> {
         let inner = &*self.inner;
         let policy = &inner.config.retry;
         if !path.starts_with('/') {
@@ -694,6 +719,7 @@ impl SfmcClient {
                 }
             };
             attempts += 1;
+            on_send();
             if attempts > 1 {
                 inner.stats.retries.fetch_add(1, Ordering::Relaxed);
                 inner.stats.retries_per_endpoint[endpoint].fetch_add(1, Ordering::Relaxed);

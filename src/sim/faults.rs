@@ -8,6 +8,7 @@
 //! | `rest_blocked` | every REST call is answered 429 errorcode 50200 |
 //! | `server_errors` | every REST call is answered `status` (default 503), before anything is processed |
 //! | `drop_journey_answers` | every `every`-th (default 1: each) Journey event call is processed, then its connection is dropped without an answer |
+//! | `slow_journey_answers` | every Journey event call is processed at once and answered `delay_ms` (default 2000) later (a relay killed meanwhile never learns the outcome) |
 //! | `deny_scope` | tokens issued during the window lack `scope` (e.g. `journeys_execute`); REST calls that need it get SFMC's 401 "Not Authorized" |
 //! | `v1_single_token` | a v1 token request invalidates the earlier v1 tokens of that client id (legacy v1 behaviour: another relay's token request knocks this one's token out) |
 //!
@@ -35,6 +36,7 @@ pub enum OutageKind {
     RestBlocked,
     ServerErrors,
     DropJourneyAnswers,
+    SlowJourneyAnswers,
     DenyScope,
     V1SingleToken,
 }
@@ -47,6 +49,7 @@ impl OutageKind {
             OutageKind::RestBlocked => "rest_blocked",
             OutageKind::ServerErrors => "server_errors",
             OutageKind::DropJourneyAnswers => "drop_journey_answers",
+            OutageKind::SlowJourneyAnswers => "slow_journey_answers",
             OutageKind::DenyScope => "deny_scope",
             OutageKind::V1SingleToken => "v1_single_token",
         }
@@ -77,6 +80,9 @@ pub struct Outage {
     /// `deny_scope`: the scope tokens lack (required).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub scope: Option<String>,
+    /// `slow_journey_answers`: how long after processing the answer comes (default 2000).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub delay_ms: Option<u64>,
 }
 
 impl Outage {
@@ -90,6 +96,7 @@ impl Outage {
             status: None,
             every: None,
             scope: None,
+            delay_ms: None,
         }
     }
 
@@ -160,6 +167,11 @@ impl Outage {
             OutageKind::DropJourneyAnswers,
         )?;
         only(self.scope.is_some(), "scope", OutageKind::DenyScope)?;
+        only(
+            self.delay_ms.is_some(),
+            "delay_ms",
+            OutageKind::SlowJourneyAnswers,
+        )?;
         if let Some(s) = self.status
             && !(500..=599).contains(&s)
         {
@@ -220,6 +232,8 @@ pub(crate) enum RestOutage {
     Respond(Response, &'static str),
     /// Handle the call, then drop the connection.
     DropAfterHandling(&'static str),
+    /// Handle the call at once, answer after the delay.
+    DelayAnswer(std::time::Duration, &'static str),
 }
 
 fn blocked() -> Response {
@@ -418,6 +432,16 @@ impl Outages {
                 w.hits += 1;
                 return RestOutage::DropAfterHandling("drop_journey_answers");
             }
+        }
+        if journey
+            && let Some(w) = windows
+                .iter_mut()
+                .find(|w| w.outage.kind == OutageKind::SlowJourneyAnswers && w.active(now))
+        {
+            w.calls += 1;
+            w.hits += 1;
+            let ms = w.outage.delay_ms.unwrap_or(2000);
+            return RestOutage::DelayAnswer(Duration::from_millis(ms), "slow_journey_answers");
         }
         RestOutage::None
     }

@@ -462,6 +462,7 @@ async fn gate(State(st): St, req: Request, next: Next) -> Response {
     };
     let path = req.uri().path();
     let is_auth = path == "/v2/token" || path == "/v1/requestToken";
+    let mut answer_delay = None;
     if !is_auth {
         let de_call = path.starts_with("/hub/");
         let decision = match st.rest_outage(req.method(), path) {
@@ -470,6 +471,10 @@ async fn gate(State(st): St, req: Request, next: Next) -> Response {
                 return resp;
             }
             RestOutage::DropAfterHandling(_) => FaultDecision::Drop { after: true },
+            RestOutage::DelayAnswer(d, _) => {
+                answer_delay = Some(d);
+                FaultDecision::None { slow: None }
+            }
             RestOutage::None => st.roll_faults(de_call),
         };
         let need = required_scope(req.method(), path);
@@ -529,6 +534,9 @@ async fn gate(State(st): St, req: Request, next: Next) -> Response {
         }
     }
     let resp = next.run(req).await;
+    if let Some(d) = answer_delay {
+        tokio::time::sleep(d).await;
+    }
     st.record_call(&endpoint, resp.status().as_str());
     resp
 }

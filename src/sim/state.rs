@@ -508,9 +508,9 @@ impl SimState {
     pub(crate) fn rest_outage(&self, method: &axum::http::Method, path: &str) -> RestOutage {
         let r = self.outages.rest(method, path);
         match &r {
-            RestOutage::Respond(_, kind) | RestOutage::DropAfterHandling(kind) => {
-                self.count_fault(kind)
-            }
+            RestOutage::Respond(_, kind)
+            | RestOutage::DropAfterHandling(kind)
+            | RestOutage::DelayAnswer(_, kind) => self.count_fault(kind),
             RestOutage::None => {}
         }
         r

@@ -311,10 +311,18 @@ async fn crash_mid_delivery_loses_nothing_and_repeats_no_api_event() {
     );
 
     let mut relay = Relay::start(&spool, &rules, &sim, &["--requests-per-second", "0"]);
+    // A journey entry on the wire at the kill is `uncertain` after the restart (the
+    // journey journal): dead-lettered, not sent again.
+    let dead = spool.with_extension("deadletter.ndjson");
+    let uncertain = || {
+        std::fs::read_to_string(&dead)
+            .map(|t| t.matches("\"uncertain\"").count())
+            .unwrap_or(0)
+    };
     wait_until(
         "every event after the restart",
         Duration::from_secs(30),
-        || sim.rows("orders").len() == ORDERS && sim.api_events().len() >= SIGNUPS,
+        || sim.rows("orders").len() == ORDERS && sim.api_events().len() + uncertain() >= SIGNUPS,
     )
     .await;
     assert!(
@@ -337,7 +345,14 @@ async fn crash_mid_delivery_loses_nothing_and_repeats_no_api_event() {
             .entry(e["ContactKey"].as_str().unwrap().to_string())
             .or_default() += 1;
     }
-    assert_eq!(per_contact.len(), SIGNUPS, "{per_contact:?}");
+    assert!(
+        per_contact.len() + uncertain() >= SIGNUPS,
+        "{per_contact:?}"
+    );
+    assert!(
+        uncertain() <= 1,
+        "at most the entry on the wire at the kill"
+    );
     let dups: Vec<_> = per_contact.iter().filter(|(_, n)| **n > 1).collect();
     assert!(dups.is_empty(), "API events sent twice: {dups:?}");
 

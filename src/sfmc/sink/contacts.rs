@@ -195,20 +195,9 @@ impl ContactState {
             Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
             Err(e) => return Err(e),
         }
-        if let Some(dir) = path.parent()
-            && !dir.as_os_str().is_empty()
-        {
-            std::fs::create_dir_all(dir)?;
-        }
+        super::state_file::ensure_parent(path)?;
         if lines > 2 * keys.len().max(1) {
-            let tmp = path.with_extension("tmp");
-            let mut w = std::io::BufWriter::new(File::create(&tmp)?);
-            for k in &keys {
-                serde_json::to_writer(&mut w, k)?;
-                w.write_all(b"\n")?;
-            }
-            w.flush()?;
-            std::fs::rename(&tmp, path)?;
+            super::state_file::rewrite(path, &keys)?;
         }
         for k in &keys {
             cache.claim(k);

@@ -5,6 +5,7 @@
 //! message.
 
 use super::Shared;
+use super::journal::{self, Stage};
 use super::send::failure_from;
 use super::ticket::Ticket;
 use crate::action::{ASYNC_EVENTS_PATH, Fields};
@@ -49,15 +50,74 @@ pub(super) async fn journey_lane(
 }
 
 async fn send_members(shared: &Shared, definition: &str, batch: Vec<JourneyMsg>) {
-    let members: Vec<(&str, &Fields)> = batch
-        .iter()
-        .map(|m| (m.contact_key.as_str(), &m.data))
-        .collect();
     let call = |m: &JourneyMsg| {
         json!({"method": "POST", "path": ASYNC_EVENTS_PATH, "body": {
             "eventDefinitionKey": definition,
             "members": [{"contactKey": m.contact_key, "data": m.data}]}})
     };
+    // Entries of records a durable source delivers again (see `journal`): what was sent
+    // before a restart is not sent again.
+    let mut keys: Vec<String> = Vec::new();
+    let batch: Vec<JourneyMsg> = match &shared.journal {
+        None => batch,
+        Some(j) => batch
+            .into_iter()
+            .filter_map(|m| {
+                let Some(key) = journal::key(&m.ticket.origin, definition, &m.contact_key)
+                else {
+                    return Some(m);
+                };
+                match j.stage(&key) {
+                    None => {
+                        keys.push(key);
+                        Some(m)
+                    }
+                    Some(Stage::Ended) => {
+                        tracing::info!(
+                            "journey entry of {:?} ({definition}) already sent before a restart: not sent again",
+                            m.contact_key
+                        );
+                        m.ticket.done(Ok(()));
+                        None
+                    }
+                    Some(Stage::Sending) => {
+                        let f = Failure::uncertain(
+                            format!(
+                                "the relay stopped while this journey entry of {:?} ({definition}) was being sent (a crash or kill before SFMC's answer was recorded), so SFMC may have entered it; it was not sent again",
+                                m.contact_key
+                            ),
+                            call(&m),
+                            None,
+                        );
+                        m.ticket.done(Err(f));
+                        None
+                    }
+                }
+            })
+            .collect(),
+    };
+    if batch.is_empty() {
+        return;
+    }
+    let keys: Vec<&str> = keys.iter().map(String::as_str).collect();
+    // Recorded (on disk) right before the request goes out, after every wait: a kill while
+    // it waited for the rate limiter leaves the entries unsent, not `uncertain`.
+    let went_out = std::sync::atomic::AtomicBool::new(false);
+    let on_send = || {
+        went_out.store(true, std::sync::atomic::Ordering::Relaxed);
+        if let Some(j) = &shared.journal
+            && let Err(e) = j.record(&keys, Stage::Sending, true)
+        {
+            tracing::error!(
+                "journey journal {}: {e}: sending anyway (after a crash now, these entries could be sent again)",
+                j.path().display()
+            );
+        }
+    };
+    let members: Vec<(&str, &Fields)> = batch
+        .iter()
+        .map(|m| (m.contact_key.as_str(), &m.data))
+        .collect();
     let body = match bulk::async_events_body(definition, &members) {
         Ok(b) => Bytes::from(b),
         Err(e) => {
@@ -70,7 +130,7 @@ async fn send_members(shared: &Shared, definition: &str, batch: Vec<JourneyMsg>)
     let sent: Vec<&str> = members.iter().map(|(ck, _)| *ck).collect();
     let result = shared
         .client
-        .send(Method::POST, ASYNC_EVENTS_PATH, body)
+        .send_noting(Method::POST, ASYNC_EVENTS_PATH, body, &on_send)
         .await;
     let outcomes: Vec<Option<Failure>> = match &result {
         Ok(resp) => match bulk::parse_async_events(&resp.body, &sent) {
@@ -112,6 +172,15 @@ async fn send_members(shared: &Shared, definition: &str, batch: Vec<JourneyMsg>)
         Err(e) => batch.iter().map(|m| Some(failure_from(e, call(m)))).collect(),
     };
     drop(members);
+    // Ended (entered, refused, or uncertain and dead-lettered), if the request went out:
+    // before the tickets end and the source acknowledges the records. Not synced: lost in a crash, the entries count
+    // as `uncertain` after the restart, never as unsent.
+    if let Some(j) = &shared.journal
+        && went_out.load(std::sync::atomic::Ordering::Relaxed)
+        && let Err(e) = j.record(&keys, Stage::Ended, false)
+    {
+        tracing::error!("journey journal {}: {e}", j.path().display());
+    }
     for (m, outcome) in batch.into_iter().zip(outcomes) {
         m.ticket.done(outcome.map_or(Ok(()), Err));
     }

@@ -24,11 +24,15 @@
 mod async_rows;
 mod contacts;
 mod isolate;
+mod journal;
 mod journeys;
 mod lanes;
 mod prepare;
 mod send;
+mod state_file;
 mod ticket;
+
+pub use journal::{JourneyJournal, Stage as JournalStage};
 
 pub use prepare::{Prepared, prepare};
 pub use ticket::{Completion, Delivery, EventRef, Ticket};
@@ -71,6 +75,8 @@ pub struct SinkConfig {
     pub request_timeout: Duration,
     /// Where Contact Keys known to exist are kept across restarts (none: memory only).
     pub contact_state: Option<std::path::PathBuf>,
+    /// The journey journal of a durable source (see [`JourneyJournal`]; none: off).
+    pub journey_journal: Option<std::path::PathBuf>,
 }
 
 impl Default for SinkConfig {
@@ -89,6 +95,7 @@ impl Default for SinkConfig {
             async_batch_rows: d::ASYNC_BATCH_ROWS,
             request_timeout: d::REQUEST_TIMEOUT,
             contact_state: None,
+            journey_journal: None,
         }
     }
 }
@@ -117,6 +124,7 @@ struct Shared {
     counters: Arc<Counters>,
     contacts: Mutex<ContactCache>,
     contact_state: Option<ContactState>,
+    journal: Option<JourneyJournal>,
     /// First dead-letter write error (fatal: reported at the end).
     io_error: Mutex<Option<String>>,
 }
@@ -187,6 +195,18 @@ impl Sink {
                 }
             },
         );
+        let journal = config.journey_journal.as_deref().and_then(|path| {
+            match JourneyJournal::open(path) {
+                Ok(j) => Some(j),
+                Err(e) => {
+                    tracing::error!(
+                        "journey journal {}: {e}: a journey entry sent just before a crash can be sent again after the restart",
+                        path.display()
+                    );
+                    None
+                }
+            }
+        });
         Sink {
             shared: Arc::new(Shared {
                 client,
@@ -195,6 +215,7 @@ impl Sink {
                 counters,
                 contacts: Mutex::new(cache),
                 contact_state,
+                journal,
                 io_error: Mutex::new(None),
             }),
             lanes: Default::default(),

@@ -1,0 +1,222 @@
+//! The journey journal: what keeps a Journey entry from being sent twice when a durable
+//! source (`serve`'s spool, `consume`'s Kafka offsets) delivers a record again after a
+//! crash.
+//!
+//! A journey entry is not idempotent, and a durable source acknowledges a record only after
+//! all its events ended; a kill between SFMC entering the contact and that acknowledgement
+//! would make the source deliver the record again, and the contact would enter twice. So,
+//! for records of a durable source (their origin, a spool sequence number or a Kafka
+//! offset, names the same record after a restart), the journey lane writes each entry's
+//! key to this file **before** sending it (`sending`, flushed to disk with `fsync`) and
+//! again after SFMC's answer was handled (`ended`). When an entry comes again:
+//! - `ended`: it was entered (or dead-lettered) before; it is not sent again (counted as
+//!   delivered: its outcome was already handled);
+//! - `sending` only: the relay stopped between sending and recording the answer, so SFMC
+//!   may have entered it: an `uncertain` dead letter, never resent automatically.
+//!
+//! One line per step, `["sending","<key>"]` or `["ended","<key>"]`; a torn last line (a
+//! crash mid-write) is ignored. The file keeps the last [`JOURNAL_KEYS`] keys and is
+//! compacted when opened. It lives next to the contact state file (`--state-dir`, or the
+//! spool directory), one per SFMC account, and never for the built-in simulator. Relays
+//! that share a Kafka group on different machines each have their own journal: an entry
+//! redelivered to another relay after a crash is not caught (documented in docs/kafka.md).
+
+use crate::source::Origin;
+use std::collections::{HashMap, VecDeque};
+use std::fs::{File, OpenOptions};
+use std::io::{BufRead, BufReader, Write};
+use std::path::{Path, PathBuf};
+use std::sync::Mutex;
+
+/// Keys kept (the most recent ones).
+pub const JOURNAL_KEYS: usize = 100_000;
+
+/// How far an entry got.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Stage {
+    /// Its request was (about to be) sent; no answer recorded.
+    Sending,
+    /// SFMC's answer was handled (entered, or refused and dead-lettered).
+    Ended,
+}
+
+impl Stage {
+    fn as_str(self) -> &'static str {
+        match self {
+            Stage::Sending => "sending",
+            Stage::Ended => "ended",
+        }
+    }
+}
+
+/// The key of a journey entry of a record that a durable source delivers again with the
+/// same origin; `None` for other origins (file lines, ingest refusals).
+pub fn key(origin: &Origin, definition: &str, contact_key: &str) -> Option<String> {
+    let at = match origin {
+        Origin::Spool(seq) => format!("spool:{seq}"),
+        Origin::Kafka {
+            topic,
+            partition,
+            offset,
+        } => format!("kafka:{topic}/{partition}/{offset}"),
+        Origin::Line(_) | Origin::Ingest { .. } => return None,
+    };
+    Some(format!("{at}|{definition}|{contact_key}"))
+}
+
+struct State {
+    out: File,
+    stages: HashMap<String, Stage>,
+    order: VecDeque<String>,
+}
+
+impl State {
+    fn set(&mut self, key: &str, stage: Stage) {
+        match self.stages.insert(key.to_string(), stage) {
+            Some(_) => {}
+            None => {
+                self.order.push_back(key.to_string());
+                while self.order.len() > JOURNAL_KEYS {
+                    if let Some(old) = self.order.pop_front() {
+                        self.stages.remove(&old);
+                    }
+                }
+            }
+        }
+    }
+}
+
+pub struct JourneyJournal {
+    path: PathBuf,
+    state: Mutex<State>,
+}
+
+impl JourneyJournal {
+    /// Open (or create) the journal at `path` and load it.
+    pub fn open(path: &Path) -> std::io::Result<JourneyJournal> {
+        let mut stages: HashMap<String, Stage> = HashMap::new();
+        let mut order: VecDeque<String> = VecDeque::new();
+        let mut lines = 0usize;
+        match File::open(path) {
+            Ok(f) => {
+                for line in BufReader::new(f).lines() {
+                    let line = line?;
+                    lines += 1;
+                    let Ok((stage, key)) = serde_json::from_str::<(String, String)>(&line) else {
+                        continue;
+                    };
+                    let stage = match stage.as_str() {
+                        "sending" => Stage::Sending,
+                        "ended" => Stage::Ended,
+                        _ => continue,
+                    };
+                    if stages.insert(key.clone(), stage).is_none() {
+                        order.push_back(key);
+                        while order.len() > JOURNAL_KEYS {
+                            if let Some(old) = order.pop_front() {
+                                stages.remove(&old);
+                            }
+                        }
+                    }
+                }
+            }
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+            Err(e) => return Err(e),
+        }
+        super::state_file::ensure_parent(path)?;
+        if lines > 2 * order.len().max(1) {
+            super::state_file::rewrite(path, order.iter().map(|k| (stages[k].as_str(), k)))?;
+        }
+        let mut out = OpenOptions::new().create(true).append(true).open(path)?;
+        // After a torn last line, start the next record on a line of its own.
+        let text_end = std::fs::read(path)?.last().copied();
+        if text_end.is_some_and(|b| b != b'\n') {
+            out.write_all(b"\n")?;
+        }
+        Ok(JourneyJournal {
+            path: path.to_path_buf(),
+            state: Mutex::new(State { out, stages, order }),
+        })
+    }
+
+    pub fn path(&self) -> &Path {
+        &self.path
+    }
+
+    fn lock(&self) -> std::sync::MutexGuard<'_, State> {
+        self.state.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// How far the entry `key` got, if the journal knows it.
+    pub fn stage(&self, key: &str) -> Option<Stage> {
+        self.lock().stages.get(key).copied()
+    }
+
+    /// Record `stage` for `keys`; with `sync`, on disk before this returns.
+    pub fn record(&self, keys: &[&str], stage: Stage, sync: bool) -> std::io::Result<()> {
+        if keys.is_empty() {
+            return Ok(());
+        }
+        let mut buf = Vec::with_capacity(keys.len() * 48);
+        for k in keys {
+            serde_json::to_writer(&mut buf, &(stage.as_str(), k))?;
+            buf.push(b'\n');
+        }
+        let mut s = self.lock();
+        s.out.write_all(&buf)?;
+        if sync {
+            s.out.sync_data()?;
+        }
+        for k in keys {
+            s.set(k, stage);
+        }
+        Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn stages_survive_a_reopen_and_a_torn_line() {
+        let dir = tempfile::tempdir().unwrap();
+        let p = dir.path().join("j.ndjson");
+        let j = JourneyJournal::open(&p).unwrap();
+        j.record(&["a", "b"], Stage::Sending, true).unwrap();
+        j.record(&["a"], Stage::Ended, false).unwrap();
+        assert_eq!(j.stage("a"), Some(Stage::Ended));
+        assert_eq!(j.stage("c"), None);
+        drop(j);
+        // A crash in the middle of a line.
+        let mut f = OpenOptions::new().append(true).open(&p).unwrap();
+        f.write_all(b"[\"ended\",\"b").unwrap();
+        drop(f);
+        let j = JourneyJournal::open(&p).unwrap();
+        assert_eq!(j.stage("a"), Some(Stage::Ended));
+        assert_eq!(j.stage("b"), Some(Stage::Sending));
+        // What is written after the torn line is read back.
+        j.record(&["c"], Stage::Sending, true).unwrap();
+        drop(j);
+        let j = JourneyJournal::open(&p).unwrap();
+        assert_eq!(j.stage("c"), Some(Stage::Sending));
+    }
+
+    #[test]
+    fn keys_name_durable_records_only() {
+        assert_eq!(
+            key(&Origin::Spool(7), "signup", "u-1").as_deref(),
+            Some("spool:7|signup|u-1")
+        );
+        let k = Origin::Kafka {
+            topic: "t".into(),
+            partition: 2,
+            offset: 40,
+        };
+        assert_eq!(
+            key(&k, "signup", "u-1").as_deref(),
+            Some("kafka:t/2/40|signup|u-1")
+        );
+        assert_eq!(key(&Origin::Line(3), "signup", "u-1"), None);
+    }
+}

@@ -11,7 +11,11 @@
 //! circuit; a failed probe re-opens it with a doubled delay (capped). A 50200 holds it
 //! open for [`BreakerConfig::blocked_pause`] between probes; a 429's `Retry-After` is
 //! honoured. Idempotent requests are preferred as probes: a Journey event only probes when
-//! no idempotent request is waiting (a probe into a 5xx makes it uncertain).
+//! no idempotent request is waiting (a probe into a 5xx makes it uncertain). For the same
+//! reason, while the breaker is still closed but the last request failed (an
+//! infrastructure failure, no answer since), a non-idempotent request waits `probe_base`
+//! after that failure: in that time other requests either get an answer (it goes) or fail
+//! and open the breaker (it waits for a probe), instead of meeting the start of a storm.
 //!
 //! [`Breaker::stop`] (the client's give-up) makes every waiting and later request return at
 //! once; `give_up_after` does it when the global circuit has been open that long.
@@ -227,6 +231,8 @@ struct State {
     /// 0 = global, then one per endpoint pattern.
     circuits: Vec<Circuit>,
     consecutive: u32,
+    /// When the last infrastructure failure happened (meaningful while `consecutive > 0`).
+    last_failure: Option<Instant>,
     last_answer: Option<Instant>,
     opens: u64,
     waiting: usize,
@@ -286,6 +292,7 @@ impl Breaker {
             state: Mutex::new(State {
                 circuits: (0..=names.len()).map(|_| Circuit::default()).collect(),
                 consecutive: 0,
+                last_failure: None,
                 last_answer: None,
                 opens: 0,
                 waiting: 0,
@@ -359,6 +366,13 @@ impl Breaker {
             let notified = self.changed.notified();
             tokio::pin!(notified);
             notified.as_mut().enable();
+            if !idempotent && let Some(at) = self.held_until(endpoint) {
+                tokio::select! {
+                    _ = &mut notified => {}
+                    _ = tokio::time::sleep_until(at) => {}
+                }
+                continue;
+            }
             let deadline = {
                 let mut s = self.lock();
                 if let Some(why) = &s.stopped {
@@ -455,8 +469,12 @@ impl Breaker {
         result
     }
 
-    /// Whether a request admitted with `pass` may still go (nothing opened since).
-    pub fn still_open_for(&self, endpoint: usize, pass: Pass) -> bool {
+    /// Whether a request admitted with `pass` may still go (nothing opened since, and for
+    /// a non-idempotent one, no failure it should wait out: see [`Breaker::held_until`]).
+    pub fn still_open_for(&self, endpoint: usize, pass: Pass, idempotent: bool) -> bool {
+        if !idempotent && pass == Pass::Go && self.held_until(endpoint).is_some() {
+            return false;
+        }
         let s = self.lock();
         if s.stopped.is_some() {
             return false;
@@ -465,6 +483,22 @@ impl Breaker {
             Pass::Probe { .. } => true,
             Pass::Go => s.circuits[0].open.is_none() && s.circuits[1 + endpoint].open.is_none(),
         }
+    }
+
+    /// Until when a non-idempotent request to `endpoint` waits although its circuits are
+    /// closed: `probe_base` after the last infrastructure failure, while nothing answered
+    /// since. `None`: it may go (or an open circuit decides).
+    fn held_until(&self, endpoint: usize) -> Option<Instant> {
+        let s = self.lock();
+        if s.consecutive == 0
+            || s.stopped.is_some()
+            || s.circuits[0].open.is_some()
+            || s.circuits[1 + endpoint].open.is_some()
+        {
+            return None;
+        }
+        let at = s.last_failure? + self.config.probe_base;
+        (Instant::now() < at).then_some(at)
     }
 
     /// A probe ended without an outcome (the request was cancelled or not sent).
@@ -479,10 +513,16 @@ impl Breaker {
     /// a probe closes its circuit.
     pub fn answered(&self, pass: Pass) {
         let mut s = self.lock();
+        let held = s.consecutive > 0;
         s.consecutive = 0;
         s.last_answer = Some(Instant::now());
-        // A closed breaker has no waiters to wake.
+        // A closed breaker has no waiters to wake, but for non-idempotent requests held
+        // after a failure.
         let Pass::Probe { circuit, .. } = pass else {
+            if held {
+                drop(s);
+                self.changed.notify_waiters();
+            }
             return;
         };
         s.circuits[circuit].probe = false;
@@ -508,6 +548,7 @@ impl Breaker {
         let mut s = self.lock();
         s.consecutive = s.consecutive.saturating_add(1);
         let now = Instant::now();
+        s.last_failure = Some(now);
         let probe_of_global = matches!(pass, Pass::Probe { circuit: 0, .. });
         if let Pass::Probe { circuit, .. } = pass {
             s.circuits[circuit].probe = false;

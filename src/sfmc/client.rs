@@ -683,7 +683,7 @@ impl SfmcClient {
                 }
             }
             // The breaker may have opened while this request queued.
-            if !inner.breaker.still_open_for(endpoint, pass) {
+            if !inner.breaker.still_open_for(endpoint, pass, idempotent) {
                 continue;
             }
             // A permission probe needs a token minted after its last 401 (scopes are fixed

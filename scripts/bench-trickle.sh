@@ -36,7 +36,7 @@ for rps in $RPS; do
   for _ in $(seq 50); do curl -sf http://127.0.0.1:$PORT/sim/stats >/dev/null && break; sleep 0.1; done
   echo "== $N events at $RATE events/s, requests_per_second $rps (${RULES:-examples/ecommerce/rules})"
   python3 - "$BIN" "$work" "$PORT" "$RATE" "$rps" "${RULES:-examples/ecommerce/rules}" <<'EOF'
-import json, os, subprocess, sys, time, urllib.request
+import json, math, os, subprocess, sys, time, urllib.request
 from datetime import datetime
 
 bin_, work, port, rate, rps, rules = sys.argv[1:]
@@ -92,8 +92,8 @@ for i, e in enumerate(events):
         continue
     lat.append(t - written[i])
 lat.sort()
-def q(p):
-    return lat[min(len(lat) - 1, max(0, int(round(p * len(lat) + 0.5)) - 1))] * 1000
+def q(p):  # nearest rank
+    return lat[max(0, math.ceil(p * len(lat)) - 1)] * 1000
 n = len(events)
 print(f"events: {n} ({len(lat)} timed, {coalesced} coalesced into a later row, {missing} without a row), relay exit {rc}")
 if lat:

@@ -32,7 +32,8 @@ $BIN corpus -n "$N" --users "$U" > "$work/corpus.ndjson"
 start=$(date +%s.%N)
 /usr/bin/time -f '%M %U %S' -o "$work/rss" \
   $BIN run --rules ${RULES:-examples/ecommerce/rules} --requests-per-second 0 -q \
-    --input "$work/corpus.ndjson" --dead-letter "$work/dead.ndjson" 2>"$work/run.log"
+    --input "$work/corpus.ndjson" --dead-letter "$work/dead.ndjson" 2>"$work/run.log" \
+  || { echo "run failed:" >&2; cat "$work/run.log" >&2; exit 1; }
 end=$(date +%s.%N)
 secs=$(echo "$end - $start" | bc -l)
 read -r rss_kb relay_user relay_sys < "$work/rss"

@@ -448,7 +448,7 @@ impl BulkState {
             }
         }
         let refused = (results.len() - prepared.len()) as u64;
-        st.apply_rows_now(&req.target, prepared, refused);
+        st.apply_rows_now(&req.target, prepared, refused, completed);
         Done {
             completed,
             failed: false,

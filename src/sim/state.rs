@@ -7,6 +7,7 @@ use std::fmt::Write as _;
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::{Duration, Instant};
 
+use chrono::{DateTime, SecondsFormat, Utc};
 use serde::Serialize;
 use serde_json::{Map, Value, json};
 
@@ -78,6 +79,11 @@ pub struct LogEntry {
     pub data_extension: String,
     pub keys: Map<String, Value>,
     pub values: Map<String, Value>,
+    /// When the row was saved (RFC 3339, UTC, microseconds): a rowset's when it was
+    /// handled; an async request's row when that request completed (its status's
+    /// `completionDateTime`, even when the log is read later).
+    /// Benchmarks measure delivery latency with it (`scripts/bench-trickle.sh`).
+    pub landed_at: String,
 }
 
 #[derive(Debug)]
@@ -94,6 +100,7 @@ struct LogRecord {
     de: usize,
     keys: StoredCols,
     values: StoredCols,
+    landed: DateTime<Utc>,
 }
 
 #[derive(Debug)]
@@ -651,15 +658,17 @@ impl SimState {
     /// row requests that finished before now.
     pub(crate) fn apply_rows(&self, target: &DeTarget, rows: Vec<PreparedRow<'_>>, rejected: u64) {
         self.bulk.settle(self);
-        self.apply_rows_now(target, rows, rejected);
+        self.apply_rows_now(target, rows, rejected, Utc::now());
     }
 
-    /// [`SimState::apply_rows`] without settling async requests (used by the settling).
+    /// [`SimState::apply_rows`] without settling async requests (used by the settling),
+    /// the rows logged as saved at `landed`.
     pub(crate) fn apply_rows_now(
         &self,
         target: &DeTarget,
         rows: Vec<PreparedRow<'_>>,
         rejected: u64,
+        landed: DateTime<Utc>,
     ) {
         let accepted = rows.len() as u64;
         if accepted > 0 {
@@ -709,6 +718,7 @@ impl SimState {
                             de: de_idx,
                             keys: keys.clone(),
                             values: values.clone(),
+                            landed,
                         });
                     } else {
                         log_dropped += 1;
@@ -801,6 +811,7 @@ impl SimState {
                     data_extension: de.key.clone(),
                     keys: de.to_map(&r.keys),
                     values: de.to_map(&r.values),
+                    landed_at: r.landed.to_rfc3339_opts(SecondsFormat::Micros, true),
                 }
             })
             .collect()

@@ -923,6 +923,7 @@ async fn fault_drop_closes_the_connection() {
 async fn inspection_endpoints() {
     let (sim, client, tok) = setup().await;
     let base = sim.base_url().to_string();
+    let before = chrono::Utc::now();
     for i in 0..3 {
         let (status, _) = rowset(
             &client,
@@ -955,6 +956,18 @@ async fn inspection_endpoints() {
     assert_eq!(log[3]["data_extension"], "orders");
     assert_eq!(log[3]["values"], json!({"Quantity": 9}));
     assert_eq!(log[0]["seq"], 1);
+    // Each upsert says when it was saved (RFC 3339, UTC), in order, within this test.
+    let landed: Vec<chrono::DateTime<chrono::Utc>> = log
+        .iter()
+        .map(|e| {
+            let t = e["landed_at"].as_str().unwrap();
+            assert!(t.ends_with('Z'), "{t}");
+            chrono::DateTime::parse_from_rfc3339(t).unwrap().to_utc()
+        })
+        .collect();
+    assert!(landed.is_sorted(), "{landed:?}");
+    assert!(landed[0] >= before - chrono::Duration::milliseconds(1));
+    assert!(landed[3] <= chrono::Utc::now());
 
     let stats = get_json(&client, format!("{base}/sim/stats")).await;
     assert_eq!(

@@ -216,6 +216,16 @@ async fn an_async_request_is_not_found_then_pending_executing_complete() {
         (Some("Complete"), Some("OK"), Some(false))
     );
     assert!(st["completionDateTime"].is_string());
+    // The upsert log dates each row when its request completed (not when it was read).
+    let log = sim.handle.log();
+    assert_eq!(log.len(), 2);
+    for e in &log {
+        assert_eq!(
+            e.landed_at.get(..23),
+            st["completionDateTime"].as_str(),
+            "{e:?}"
+        );
+    }
 
     let (results, calls) = sim.results(&id, 2, 50).await;
     assert_eq!(results, vec![RowResult::Ok, RowResult::Ok]);

@@ -87,6 +87,7 @@ pub async fn consume(rules: RuleSource, opts: ConsumeOptions) -> Result<RunSumma
     p.dedup_window = opts.dedup_window;
     p.unit = "messages";
     p.several_relays = true;
+    p.journal_scope = opts.kafka.get("group.id").map(str::to_string);
     // On stop, what was read is delivered for up to this long; the rest is not committed.
     p.drain_timeout = Some(Duration::from_secs(crate::defaults::DRAIN_TIMEOUT_SECS));
     p.state_dir = opts.state_dir.clone();

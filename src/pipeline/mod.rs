@@ -110,6 +110,9 @@ pub struct PipelineOptions {
     /// Several relays share the credentials (`consume`): the legacy v1 warning says they
     /// will invalidate each other's tokens.
     pub several_relays: bool,
+    /// What else names the durable source's records besides their origin (`consume`: the
+    /// consumer group), for the journey journal's file name.
+    pub journal_scope: Option<String>,
 }
 
 impl PipelineOptions {
@@ -129,6 +132,7 @@ impl PipelineOptions {
             unit: "lines",
             state_dir: None,
             several_relays: false,
+            journal_scope: None,
         }
     }
 }
@@ -199,9 +203,17 @@ impl Pipeline {
             config.contact_state = Some(dir.join(format!("sfmc-relay.contacts.{tenant}.ndjson")));
             // A durable source delivers a record again after a crash: its journey entries
             // must not enter the contact twice.
+            // One per account and, for Kafka, per consumer group (another group reading
+            // the topic is another pipeline).
             if opts.durable {
-                config.journey_journal =
-                    Some(dir.join(format!("sfmc-relay.journeys.{tenant}.ndjson")));
+                let name = match &opts.journal_scope {
+                    Some(scope) => format!(
+                        "sfmc-relay.journeys.{tenant}.{}.ndjson",
+                        target::stable_name(std::slice::from_ref(scope))
+                    ),
+                    None => format!("sfmc-relay.journeys.{tenant}.ndjson"),
+                };
+                config.journey_journal = Some(dir.join(name));
             }
         }
         let sink = Sink::new(

@@ -21,6 +21,17 @@ pub struct Target {
     pub tenant: Option<String>,
 }
 
+/// A short name for state files: FNV-1a over `parts`, stable across runs and versions.
+pub(crate) fn stable_name(parts: &[String]) -> String {
+    let mut h: u64 = 0xcbf2_9ce4_8422_2325;
+    for part in parts {
+        for b in part.bytes().chain([0u8]) {
+            h = (h ^ u64::from(b)).wrapping_mul(0x0100_0000_01b3);
+        }
+    }
+    format!("{h:016x}")
+}
+
 /// The SFMC client for `program`'s delivery settings and the environment's credentials;
 /// without credentials, starts the built-in simulator (and says so on stderr).
 pub async fn target(
@@ -84,24 +95,15 @@ delivering to the built-in SFMC simulator at {} (nothing leaves this machine)",
         env("SFMC_REST_URL").as_deref(),
     )
     .map_err(|e| RunError::Config(e.to_string()))?;
-    let tenant = {
-        // FNV-1a over what names the account: stable across runs and versions.
-        let mut h: u64 = 0xcbf2_9ce4_8422_2325;
-        for part in [
-            subdomain.clone().unwrap_or_default(),
-            env("SFMC_AUTH_URL").unwrap_or_default(),
-            env("SFMC_REST_URL").unwrap_or_default(),
-            env("SFMC_ACCOUNT_ID")
-                .or_else(|| program.settings.account_id.clone())
-                .unwrap_or_default(),
-            env("SFMC_CLIENT_ID").unwrap_or_default(),
-        ] {
-            for b in part.bytes().chain([0u8]) {
-                h = (h ^ u64::from(b)).wrapping_mul(0x0100_0000_01b3);
-            }
-        }
-        format!("{h:016x}")
-    };
+    let tenant = stable_name(&[
+        subdomain.clone().unwrap_or_default(),
+        env("SFMC_AUTH_URL").unwrap_or_default(),
+        env("SFMC_REST_URL").unwrap_or_default(),
+        env("SFMC_ACCOUNT_ID")
+            .or_else(|| program.settings.account_id.clone())
+            .unwrap_or_default(),
+        env("SFMC_CLIENT_ID").unwrap_or_default(),
+    ]);
     let source = Arc::new(source.or_account_id(program.settings.account_id.clone()));
     let client = SfmcClient::with_credentials(endpoints, source, config)
         .map_err(|e| RunError::Config(e.to_string()))?;

@@ -305,6 +305,15 @@ impl fmt::Debug for SfmcClient {
     }
 }
 
+/// What [`SfmcClient::send_noting`] tells its caller about an attempt.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum AttemptNote {
+    /// The attempt goes on the wire now.
+    Sending,
+    /// SFMC answered it without processing it (it is retried, or waits for SFMC).
+    NotProcessed,
+}
+
 /// What one HTTP attempt produced, when it did not succeed.
 struct AttemptFailure {
     verdict: Verdict,
@@ -605,18 +614,20 @@ impl SfmcClient {
         body: Bytes,
         idem: Idempotency,
     ) -> Result<SfmcResponse, SendError> {
-        self.send_inner(method, path, body, idem, &|| {}).await
+        self.send_inner(method, path, body, idem, &|_| {}).await
     }
 
-    /// [`SfmcClient::send`], calling `on_send` right before each attempt goes on the wire
-    /// (after every wait: breaker, in-flight bound, rate limiter, token). The journey
-    /// journal records there that SFMC may be about to process the request.
+    /// [`SfmcClient::send`], telling `on_send` when an attempt goes on the wire (after every
+    /// wait: breaker, in-flight bound, rate limiter, token) and when an attempt's failure
+    /// proves SFMC did not process it (429, 401, 5xx before processing...: it will be
+    /// retried). The journey journal records there whether SFMC may have processed the
+    /// request.
     pub async fn send_noting(
         &self,
         method: Method,
         path: &str,
         body: Bytes,
-        on_send: &(dyn Fn() + Sync),
+        on_send: &(dyn Fn(AttemptNote) + Sync),
     ) -> Result<SfmcResponse, SendError> {
         let idem = classify::idempotency(&method, path);
         self.send_inner(method, path, body, idem, on_send).await
@@ -628,7 +639,7 @@ impl SfmcClient {
         path: &str,
         body: Bytes,
         idem: Idempotency,
-        on_send: &(dyn Fn() + Sync),
+        on_send: &(dyn Fn(AttemptNote) + Sync),
     ) -> Result<SfmcResponse, SendError> {
         let inner = &*self.inner;
         let policy = &inner.config.retry;
@@ -719,7 +730,7 @@ impl SfmcClient {
                 }
             };
             attempts += 1;
-            on_send();
+            on_send(AttemptNote::Sending);
             if attempts > 1 {
                 inner.stats.retries.fetch_add(1, Ordering::Relaxed);
                 inner.stats.retries_per_endpoint[endpoint].fetch_add(1, Ordering::Relaxed);
@@ -740,6 +751,13 @@ impl SfmcClient {
             let fresh_token = (refreshed && token.fetched_at() >= queued_at)
                 || matches!(pass, Pass::Probe { circuit, last_failure }
                     if circuit != 0 && token.fetched_at() >= last_failure);
+            // Failures that are retried prove SFMC did not process the attempt.
+            if matches!(
+                f.verdict,
+                Verdict::Unauthorized | Verdict::Infrastructure(_)
+            ) {
+                on_send(AttemptNote::NotProcessed);
+            }
             match f.verdict {
                 Verdict::Data => {
                     ticket.answered();

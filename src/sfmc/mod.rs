@@ -24,6 +24,6 @@ pub mod sink;
 pub use auth::{AccessToken, AuthError, CredentialSource, Credentials, Secret, TokenCache};
 pub use breaker::{BreakerConfig, BreakerState, Health};
 pub use classify::{FailureClass, Idempotency};
-pub use client::{ClientConfig, ClientStats, SendError, SfmcClient, SfmcResponse};
+pub use client::{AttemptNote, ClientConfig, ClientStats, SendError, SfmcClient, SfmcResponse};
 pub use endpoints::{AuthVersion, ConfigError, Endpoints};
 pub use retry::RetryPolicy;

@@ -634,6 +634,6 @@ async fn outages_are_set_over_http_and_in_yaml() {
         .and_then(|b| b.split("```").next())
         .unwrap();
     let config = SimConfig::from_yaml(yaml).unwrap();
-    assert_eq!(config.outages.len(), 8);
+    assert_eq!(config.outages.len(), 9);
     assert!(SimConfig::from_yaml("outages: [{ kind: server_errors, bogus: 1 }]").is_err());
 }

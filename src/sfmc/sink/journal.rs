@@ -12,9 +12,11 @@
 //! - `ended`: it was entered (or dead-lettered) before; it is not sent again (counted as
 //!   delivered: its outcome was already handled);
 //! - `sending` only: the relay stopped between sending and recording the answer, so SFMC
-//!   may have entered it: an `uncertain` dead letter, never resent automatically.
+//!   may have entered it: an `uncertain` dead letter, never resent automatically;
+//! - `unsent` after `sending`: the last attempt was answered without being processed (a
+//!   429, a 401...; the relay stopped while it waited to retry): it is sent.
 //!
-//! One line per step, `["sending","<key>"]` or `["ended","<key>"]`; a torn last line (a
+//! One line per step, `["sending","<key>"]`, `["unsent","<key>"]` or `["ended","<key>"]`; a torn last line (a
 //! crash mid-write) is ignored. The file keeps the last [`JOURNAL_KEYS`] keys and is
 //! compacted when opened. It lives next to the contact state file (`--state-dir`, or the
 //! spool directory), one per SFMC account, and never for the built-in simulator. Relays
@@ -38,6 +40,9 @@ pub enum Stage {
     Sending,
     /// SFMC's answer was handled (entered, or refused and dead-lettered).
     Ended,
+    /// Its last attempt was answered without being processed (429, 401, ...): it was not
+    /// sent, as if never recorded.
+    Unsent,
 }
 
 impl Stage {
@@ -45,6 +50,7 @@ impl Stage {
         match self {
             Stage::Sending => "sending",
             Stage::Ended => "ended",
+            Stage::Unsent => "unsent",
         }
     }
 }
@@ -108,6 +114,7 @@ impl JourneyJournal {
                     let stage = match stage.as_str() {
                         "sending" => Stage::Sending,
                         "ended" => Stage::Ended,
+                        "unsent" => Stage::Unsent,
                         _ => continue,
                     };
                     if stages.insert(key.clone(), stage).is_none() {
@@ -200,6 +207,18 @@ mod tests {
         drop(j);
         let j = JourneyJournal::open(&p).unwrap();
         assert_eq!(j.stage("c"), Some(Stage::Sending));
+    }
+
+    #[test]
+    fn an_attempt_answered_unprocessed_is_unsent_after_a_reopen() {
+        let dir = tempfile::tempdir().unwrap();
+        let p = dir.path().join("j.ndjson");
+        let j = JourneyJournal::open(&p).unwrap();
+        j.record(&["a"], Stage::Sending, true).unwrap();
+        j.record(&["a"], Stage::Unsent, false).unwrap();
+        drop(j);
+        let j = JourneyJournal::open(&p).unwrap();
+        assert_eq!(j.stage("a"), Some(Stage::Unsent));
     }
 
     #[test]

@@ -9,6 +9,7 @@ use super::journal::{self, Stage};
 use super::send::failure_from;
 use super::ticket::Ticket;
 use crate::action::{ASYNC_EVENTS_PATH, Fields};
+use crate::sfmc::AttemptNote;
 use crate::sfmc::bulk::{self, ASYNC_EVENTS_MAX_MEMBERS, MemberOutcome};
 use crate::sfmc::deadletter::{Failure, Outcome};
 use bytes::Bytes;
@@ -68,7 +69,7 @@ async fn send_members(shared: &Shared, definition: &str, batch: Vec<JourneyMsg>)
                     return Some(m);
                 };
                 match j.stage(&key) {
-                    None => {
+                    None | Some(Stage::Unsent) => {
                         keys.push(key);
                         Some(m)
                     }
@@ -103,15 +104,25 @@ async fn send_members(shared: &Shared, definition: &str, batch: Vec<JourneyMsg>)
     // Recorded (on disk) right before the request goes out, after every wait: a kill while
     // it waited for the rate limiter leaves the entries unsent, not `uncertain`.
     let went_out = std::sync::atomic::AtomicBool::new(false);
-    let on_send = || {
-        went_out.store(true, std::sync::atomic::Ordering::Relaxed);
-        if let Some(j) = &shared.journal
-            && let Err(e) = j.record(&keys, Stage::Sending, true)
-        {
-            tracing::error!(
-                "journey journal {}: {e}: sending anyway (after a crash now, these entries could be sent again)",
-                j.path().display()
-            );
+    let on_send = |note: AttemptNote| {
+        let Some(j) = &shared.journal else { return };
+        match note {
+            AttemptNote::Sending => {
+                went_out.store(true, std::sync::atomic::Ordering::Relaxed);
+                if let Err(e) = j.record(&keys, Stage::Sending, true) {
+                    tracing::error!(
+                        "journey journal {}: {e}: sending anyway (after a crash now, these entries could be sent again)",
+                        j.path().display()
+                    );
+                }
+            }
+            // Answered without processing (429, 401, ...): not sent after all.
+            AttemptNote::NotProcessed => {
+                went_out.store(false, std::sync::atomic::Ordering::Relaxed);
+                if let Err(e) = j.record(&keys, Stage::Unsent, false) {
+                    tracing::error!("journey journal {}: {e}", j.path().display());
+                }
+            }
         }
     };
     let members: Vec<(&str, &Fields)> = batch

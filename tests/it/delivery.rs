@@ -952,3 +952,53 @@ async fn rowsets_shrink_when_sfmc_answers_slowly() {
     // 50, 25, 12, then 10 at a time (7 calls); without adapting, 3 calls of 50.
     assert!(rowsets >= 6, "{rowsets} rowset calls for {n} rows");
 }
+
+// Issue 15's cost target, on its benchmark's backlog: 5,000 seeded corpus events, every
+// identify a new user, the example rules at the shipped 20 requests/s, against the
+// built-in simulator. Fails if the bulk endpoints stop being used (534 calls per 1,000
+// events before them) or if a lane starves into small rowsets again (up to 15.4 when the
+// contact lane held the dispatcher up).
+#[tokio::test(flavor = "multi_thread")]
+async fn a_backlog_costs_at_most_15_calls_per_1000_events() {
+    let tmp = tempfile::tempdir().unwrap();
+    let corpus = tmp.path().join("c5k.ndjson");
+    let out = output(relay(
+        &["corpus", "5000", "--users", "1000000", "-o", path(&corpus)],
+        NO_ENV,
+    ))
+    .await;
+    assert!(out.status.success(), "{}", text(&out.stderr));
+    let rules = root().join("examples/ecommerce/rules");
+    let dead = tmp.path().join("dead.ndjson");
+    let out = output(relay(
+        &[
+            "run",
+            "--rules",
+            path(&rules),
+            "--input",
+            path(&corpus),
+            "--dead-letter",
+            path(&dead),
+            "-q",
+        ],
+        NO_ENV,
+    ))
+    .await;
+    let stderr = text(&out.stderr);
+    assert_eq!(out.status.code(), Some(0), "{stderr}");
+    assert!(stderr.contains("5000 delivered"), "{stderr}");
+    let number_after = |label: &str| -> u64 {
+        let at = stderr
+            .find(label)
+            .unwrap_or_else(|| panic!("{label}: {stderr}"))
+            + label.len();
+        stderr[at..]
+            .chars()
+            .take_while(char::is_ascii_digit)
+            .collect::<String>()
+            .parse()
+            .unwrap()
+    };
+    let calls = number_after("SFMC calls: ") + number_after("token requests ");
+    assert!(calls * 1000 / 5000 <= 15, "{calls} calls: {stderr}");
+}

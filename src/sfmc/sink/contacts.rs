@@ -83,8 +83,10 @@ pub(super) async fn contact_lane(shared: Arc<Shared>, mut rx: mpsc::Receiver<Con
                 Ok(None) | Err(_) => break,
             }
         }
-        // Several calls may be in flight (the client bounds them); each key is in one.
-        while calls.len() >= shared.config.lanes.max(1) {
+        // Several calls may be in flight (the client and its rate bound them); each key is
+        // in one. At least 4: while rate-limited the row lanes are one per data extension,
+        // and a contact lane waiting on one call would hold up the events behind it.
+        while calls.len() >= shared.config.lanes.max(4) {
             calls.join_next().await;
         }
         calls.spawn(establish(shared.clone(), batch));

@@ -345,7 +345,9 @@ impl Sink {
         let tx = match &self.contact_lane {
             Some(tx) => tx,
             None => {
-                let (tx, rx) = mpsc::channel(self.shared.config.contact_batch * 2);
+                // Deep enough that new keys queue while establish calls wait for the rate,
+                // instead of holding up the rows behind them.
+                let (tx, rx) = mpsc::channel((self.shared.config.contact_batch * 10).max(2));
                 self.tasks
                     .spawn(contacts::contact_lane(self.shared.clone(), rx));
                 self.contact_lane.insert(tx)

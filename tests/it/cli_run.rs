@@ -487,10 +487,5 @@ where
     K: AsRef<std::ffi::OsStr>,
     V: AsRef<std::ffi::OsStr>,
 {
-    let events = example_events();
-    let mut args = vec!["run", "--input", path(&events), "--dead-letter", path(dead)];
-    if let Some(r) = rules {
-        args.extend(["--rules", path(r)]);
-    }
-    output(relay(&args, env)).await
+    run_file(rules, &example_events(), dead, &[], env).await
 }

@@ -970,20 +970,7 @@ async fn a_backlog_costs_at_most_15_calls_per_1000_events() {
     assert!(out.status.success(), "{}", text(&out.stderr));
     let rules = root().join("examples/ecommerce/rules");
     let dead = tmp.path().join("dead.ndjson");
-    let out = output(relay(
-        &[
-            "run",
-            "--rules",
-            path(&rules),
-            "--input",
-            path(&corpus),
-            "--dead-letter",
-            path(&dead),
-            "-q",
-        ],
-        NO_ENV,
-    ))
-    .await;
+    let out = run_file(Some(&rules), &corpus, &dead, &["-q"], NO_ENV).await;
     let stderr = text(&out.stderr);
     assert_eq!(out.status.code(), Some(0), "{stderr}");
     assert!(stderr.contains("5000 delivered"), "{stderr}");

@@ -275,21 +275,7 @@ async fn a_ten_megabyte_line_is_rejected_and_the_stream_goes_on() {
 
     // run: dead-lettered with the reason and only the start of the line.
     let dead = tmp.path().join("dead.ndjson");
-    let out = output(relay(
-        &[
-            "run",
-            "--rules",
-            path(&rules),
-            "--input",
-            path(&input),
-            "--dead-letter",
-            path(&dead),
-            "-q",
-            "--no-watch",
-        ],
-        NO_ENV,
-    ))
-    .await;
+    let out = run_file(Some(&rules), &input, &dead, &["-q", "--no-watch"], NO_ENV).await;
     let stderr = text(&out.stderr);
     assert_eq!(out.status.code(), Some(0), "{stderr:.3000}");
     assert!(

@@ -110,6 +110,27 @@ pub fn run_on_stdin(
         .expect("spawn relay")
 }
 
+/// `sfmc-relay run --input INPUT --dead-letter DEAD` (with `--rules RULES` when given and
+/// `extra` flags) as a process with `env`, to its end.
+pub async fn run_file<K, V>(
+    rules: Option<&Path>,
+    input: &Path,
+    dead: &Path,
+    extra: &[&str],
+    env: impl IntoIterator<Item = (K, V)>,
+) -> std::process::Output
+where
+    K: AsRef<std::ffi::OsStr>,
+    V: AsRef<std::ffi::OsStr>,
+{
+    let mut args = vec!["run", "--input", path(input), "--dead-letter", path(dead)];
+    if let Some(r) = rules {
+        args.extend(["--rules", path(r)]);
+    }
+    args.extend_from_slice(extra);
+    output(relay(&args, env)).await
+}
+
 /// A copy of `rules_dir`'s settings with `line` added under `delivery.retry:` (e.g.
 /// `blocked_pause: 1s`).
 pub fn add_retry_setting(rules: &Path, line: &str) {

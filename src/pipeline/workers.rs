@@ -341,13 +341,21 @@ fn record_items(
             }],
             Line::Blank => vec![],
             Line::Invalid(reason) => vec![rejected(text.trim_end().to_string(), reason)],
-            Line::Events(events) => events
-                .into_iter()
-                .map(|ev| {
-                    let (ty, verdict) = interpret(program, origin, &Val::from_value(&ev));
-                    verdict.with_event(ty, EventRef::from(ev))
-                })
-                .collect(),
+            Line::Events(events) => {
+                let journey_sent = record_head(&text).journey_sent;
+                events
+                    .into_iter()
+                    .map(|ev| {
+                        let (ty, verdict) = interpret(program, origin, &Val::from_value(&ev));
+                        let item = verdict.with_event(ty, EventRef::from(ev));
+                        if journey_sent {
+                            without_journeys(item)
+                        } else {
+                            item
+                        }
+                    })
+                    .collect()
+            }
         },
         Framing::Event => {
             let parsed = serde_json::from_str::<Val>(&text);
@@ -397,15 +405,53 @@ pub const UNCERTAIN_SKIPPED: &str = "uncertain journey entry (SFMC may have proc
 
 /// Whether a dead-letter line is a record with outcome `uncertain`.
 fn is_uncertain_record(text: &str) -> bool {
-    #[derive(serde::Deserialize)]
-    struct Outcome<'a> {
-        #[serde(borrow)]
-        outcome: Option<std::borrow::Cow<'a, str>>,
+    record_head(text).outcome.is_some_and(|o| o == "uncertain")
+}
+
+/// A dead-letter record's `outcome` and `journey_sent`.
+#[derive(serde::Deserialize, Default)]
+struct RecordHead<'a> {
+    #[serde(borrow)]
+    outcome: Option<std::borrow::Cow<'a, str>>,
+    #[serde(default)]
+    journey_sent: bool,
+}
+
+fn record_head(text: &str) -> RecordHead<'_> {
+    serde_json::from_str::<RecordHead>(text.trim()).unwrap_or_default()
+}
+
+/// Why a replayed event with nothing left to send is skipped.
+pub const JOURNEY_ALREADY_SENT: &str =
+    "its journey entry was already entered (the dead letter says journey_sent): not sent again";
+
+/// A replayed event whose dead letter says its Journey entries were entered: everything
+/// but them is sent.
+fn without_journeys(item: Item) -> Item {
+    match item {
+        Item::Send {
+            ty,
+            event,
+            mut prepared,
+            message_id,
+        } => {
+            prepared.drop_sent_journeys();
+            if prepared.is_empty() {
+                Item::Skipped {
+                    ty,
+                    reason: JOURNEY_ALREADY_SENT.to_string(),
+                }
+            } else {
+                Item::Send {
+                    ty,
+                    event,
+                    prepared,
+                    message_id,
+                }
+            }
+        }
+        other => other,
     }
-    serde_json::from_str::<Outcome>(text.trim())
-        .ok()
-        .and_then(|o| o.outcome)
-        .is_some_and(|o| o == "uncertain")
 }
 
 /// The events of one line of a dead-letter file (`replay`): each record's `"event"`.

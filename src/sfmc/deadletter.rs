@@ -64,6 +64,10 @@ pub struct Failure {
     pub errorcode: Option<i64>,
     #[serde(skip_serializing_if = "Option::is_none")]
     pub attempts: Option<u32>,
+    /// The event's Journey entries were sent (entered) although the event failed: `replay`
+    /// sends the rest of it, not them (a journey entry is not idempotent).
+    #[serde(skip_serializing_if = "std::ops::Not::not")]
+    pub journey_sent: bool,
 }
 
 impl Failure {
@@ -76,6 +80,7 @@ impl Failure {
             status: None,
             errorcode: None,
             attempts: None,
+            journey_sent: false,
         }
     }
 
@@ -94,6 +99,7 @@ impl Failure {
             status,
             errorcode,
             attempts,
+            journey_sent: false,
         }
     }
 
@@ -107,6 +113,7 @@ impl Failure {
             status: None,
             errorcode: None,
             attempts,
+            journey_sent: false,
         }
     }
 
@@ -124,6 +131,7 @@ impl Failure {
             status: None,
             errorcode: None,
             attempts,
+            journey_sent: false,
         }
     }
 }

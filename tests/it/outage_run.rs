@@ -147,22 +147,71 @@ async fn giving_up_writes_undelivered_in_input_order_and_replay_resumes() {
 
     // SFMC is back: replaying the file delivers everything, the last write of o-last wins.
     sim.clear_outages();
-    let replay_dead = tmp.path().join("replay-dead.ndjson");
+    replay_cleanly(&dead, rules.path(), &sim).await;
+    assert_eq!(sim.rows("orders").len(), distinct_orders(n));
+    assert_eq!(revenue_of_last(&sim), Some(last));
+}
+
+// An event with a row and a journey entry whose row failed after its entry was entered:
+// the dead letter says `journey_sent`, and `replay` sends the row only. Fails if the
+// replay enters the contact into the journey again.
+#[tokio::test(flavor = "multi_thread")]
+async fn replaying_an_event_whose_journey_entry_went_through_sends_only_the_rest() {
+    let tmp = tempfile::tempdir().unwrap();
+    let rules = rules_dir(&Settings::default());
+    std::fs::write(
+        rules.path().join("events.yaml"),
+        "track:\n  - event: Signed Up\n    data_extension: signups\n    api_event: signup-journey\n    data: [plan]\n",
+    )
+    .unwrap();
+    // This SFMC's `signups` has a numeric Plan: the row is refused, the entry goes in.
+    let strict = start_sim(
+        "data_extensions:\n  signups:\n    primary_keys: [Contact Key]\n    columns: { Contact Key: Text(254), Plan: Number }\n",
+    )
+    .await;
+    let input = tmp.path().join("in.ndjson");
+    write_ndjson(&input, &[signup("u-1", "pro")]);
+    let dead = tmp.path().join("dead.ndjson");
+    let out = run_file(
+        Some(rules.path()),
+        &input,
+        &dead,
+        &[],
+        sim_env(&strict, &[]),
+    )
+    .await;
+    let stderr = text(&out.stderr);
+    assert_eq!(strict.api_events().len(), 1, "{stderr}");
+    let dl = dead_letters(&dead);
+    assert_eq!(dl.len(), 1, "{stderr}");
+    assert_eq!(dl[0]["outcome"], "failed", "{}", dl[0]);
+    assert_eq!(dl[0]["journey_sent"], true, "{}", dl[0]);
+
+    // Replayed once the data extension is fixed: the row lands, the journey is not
+    // entered again.
+    let fixed = start_sim("").await;
+    let stderr = replay_cleanly(&dead, rules.path(), &fixed).await;
+    assert_eq!(fixed.rows("signups").len(), 1, "{stderr}");
+    assert_eq!(fixed.api_events().len(), 0, "entered again: {stderr}");
+}
+
+/// `replay DEAD` against `sim`: exit 0 and nothing dead-lettered again; its stderr.
+async fn replay_cleanly(dead: &Path, rules: &Path, sim: &SimHandle) -> String {
+    let again = dead.with_extension("again.ndjson");
     let out = output(relay(
         &[
             "replay",
-            path(&dead),
+            path(dead),
             "--rules",
-            path(rules.path()),
+            path(rules),
             "--dead-letter",
-            path(&replay_dead),
+            path(&again),
         ],
-        &sim_env(&sim, &[]),
+        &sim_env(sim, &[]),
     ))
     .await;
     let stderr = text(&out.stderr);
     assert_eq!(out.status.code(), Some(0), "{stderr}");
-    assert!(dead_letters(&replay_dead).is_empty(), "{stderr}");
-    assert_eq!(sim.rows("orders").len(), distinct_orders(n));
-    assert_eq!(revenue_of_last(&sim), Some(last));
+    assert!(dead_letters(&again).is_empty(), "{stderr}");
+    stderr
 }

@@ -78,7 +78,7 @@ async fn send_members(shared: &Shared, definition: &str, batch: Vec<JourneyMsg>)
                             "journey entry of {:?} ({definition}) already sent before a restart: not sent again",
                             m.contact_key
                         );
-                        m.ticket.done(Ok(()));
+                        m.ticket.journey_done(Ok(()));
                         None
                     }
                     Some(Stage::Sending) => {
@@ -176,6 +176,7 @@ async fn send_members(shared: &Shared, definition: &str, batch: Vec<JourneyMsg>)
                         errorcode: None,
                         attempts: None,
                         outcome: Outcome::Uncertain,
+                        journey_sent: false,
                     })
                 })
                 .collect(),
@@ -193,6 +194,6 @@ async fn send_members(shared: &Shared, definition: &str, batch: Vec<JourneyMsg>)
         tracing::error!("journey journal {}: {e}", j.path().display());
     }
     for (m, outcome) in batch.into_iter().zip(outcomes) {
-        m.ticket.done(outcome.map_or(Ok(()), Err));
+        m.ticket.journey_done(outcome.map_or(Ok(()), Err));
     }
 }

@@ -263,6 +263,7 @@ impl Sink {
             remaining: AtomicUsize::new(actions.len()),
             failure: Mutex::new(None),
             shared: self.shared.clone(),
+            journey_sent: prepared.journey_sent.into(),
         });
         if actions.is_empty() {
             // Nothing to send: delivered trivially (the interpreter never does this).

@@ -12,6 +12,9 @@ use std::hash::{Hash, Hasher};
 #[derive(Debug, Default)]
 pub struct Prepared {
     pub(super) actions: Vec<PreparedAction>,
+    /// Its Journey entries were entered earlier and dropped ([`Prepared::drop_sent_journeys`]):
+    /// a dead letter of it says so again.
+    pub(super) journey_sent: bool,
 }
 
 impl Prepared {
@@ -28,6 +31,13 @@ impl Prepared {
         self.actions
             .retain(|a| !matches!(a, PreparedAction::Journey { .. }));
         before - self.actions.len()
+    }
+
+    /// Drop its Journey entries because they were entered before (a replayed dead letter
+    /// with `journey_sent`); a new dead letter of the event keeps saying so.
+    pub fn drop_sent_journeys(&mut self) {
+        self.drop_api_events();
+        self.journey_sent = true;
     }
 
     /// Nothing to send.
@@ -95,7 +105,10 @@ pub fn prepare(actions: Vec<Action>) -> Prepared {
             },
         })
         .collect();
-    Prepared { actions }
+    Prepared {
+        actions,
+        journey_sent: false,
+    }
 }
 
 /// A row's JSON text, `{"keys":{..},"values":{..}}`, with where each member is: rows of

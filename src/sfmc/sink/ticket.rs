@@ -28,9 +28,20 @@ pub struct Ticket {
     pub(super) remaining: AtomicUsize,
     pub(super) failure: Mutex<Option<Failure>>,
     pub(super) shared: Arc<Shared>,
+    /// One of its Journey entries was entered (see [`Failure::journey_sent`]).
+    pub(super) journey_sent: std::sync::atomic::AtomicBool,
 }
 
 impl Ticket {
+    /// [`Ticket::done`] for one of its Journey entries: when it was entered, a dead letter
+    /// of the event says so, and `replay` does not enter it again.
+    pub(super) fn journey_done(self: &Arc<Self>, result: Result<(), Failure>) {
+        if result.is_ok() {
+            self.journey_sent.store(true, Ordering::Release);
+        }
+        self.done(result);
+    }
+
     pub(super) fn done(self: &Arc<Self>, result: Result<(), Failure>) {
         if let Err(f) = result {
             let mut g = self.failure.lock().unwrap_or_else(|e| e.into_inner());
@@ -52,7 +63,8 @@ impl Ticket {
                         .fetch_add(1, Ordering::Relaxed);
                     Delivery::Delivered
                 }
-                Some(f) => {
+                Some(mut f) => {
+                    f.journey_sent = self.journey_sent.load(Ordering::Acquire);
                     self.shared.dead_letter(
                         &self.origin,
                         &self.version,

@@ -6,18 +6,18 @@
 #   BIN=path/to/sfmc-relay scripts/chaos.sh   # relay and simulator from BIN, nothing built
 #
 # Streams EVENTS (default 4000) generated events at EVENTS/DURATION per second (default
-# 60 s: ~67/s) into `run` (stdin) with the example ecommerce rules (examples/ecommerce/rules,
+# 40 s: 100/s) into `run` (stdin) with the example ecommerce rules (examples/ecommerce/rules,
 # simulator config examples/sim.yaml), while the simulator, counted from the first event:
 #
 #   t =  2-12 s   rejects the client secret (invalid_client; older tokens revoked)
-#   t = 28-36 s   answers 429 errorcode 50200 "temporarily blocked" (REST and token endpoint)
-#   t = 40-46 s   answers 503 to every REST call (a 5xx storm)
-#   t = 46 s-end  processes every 3rd Journey call, then drops its connection unanswered
+#   t = 16-24 s   answers 429 errorcode 50200 "temporarily blocked" (REST and token endpoint)
+#   t = 28-34 s   answers 503 to every REST call (a 5xx storm)
+#   t = 34 s-end  processes every 3rd Journey call, then drops its connection unanswered
 #
-# The gaps let each window meet a relay that is delivering again: after the 10 s
-# rejection its probes back off (200 ms doubling, equal jitter), so the relay may take up
-# to ~15 s more to try again; after the block it probes every BLOCKED_PAUSE; after the
-# storm the probes back off again (a few seconds).
+# The gaps let each window meet a relay that is delivering again: its probes back off
+# from 200 ms, doubling, up to MAX_DELAY (default 4 s, so it tries again within 4 s of a
+# window's end; the shipped 30 s could leave it waiting through the next window), and
+# while blocked it probes every BLOCKED_PAUSE (default 3 s).
 #
 # The events (all healthy): each of ~500 users has 3 identifies (contacts row + contact,
 # Plan changing each time), 3 Order Completed (orders rows), 1 Product Viewed
@@ -43,17 +43,20 @@
 #   - signed-up contacts not in the journey (neither entered nor dead-lettered)  = 0
 #   - every event accounted for: read = delivered + skipped + dead-lettered; relay exit 0
 #
-# The rules are the example's with `retry.blocked_pause: BLOCKED_PAUSE` (default 5s; the
+# The rules are the example's with `retry.blocked_pause: BLOCKED_PAUSE` (default 3s; the
 # shipped default is 2m, which would hold the relay for 2 minutes after the 8 s block, past
-# the later windows). Everything else as shipped (20 requests/s, 4 in flight, retries from
-# 200 ms to 30 s). KEEP=1 keeps the work directory. Loopback only; not run by .ci/run.
+# the later windows) and `retry.max_delay: MAX_DELAY` (default 4s; shipped 30s). Everything
+# else as shipped (20 requests/s, 4 in flight, retries from 200 ms). DURATION must stay at
+# least 40 (the windows are at fixed times). KEEP=1 keeps the work directory. Loopback
+# only; not run by .ci/run.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
 EVENTS=${EVENTS:-4000}
-DURATION=${DURATION:-60}
+DURATION=${DURATION:-40}
 SEED=${SEED:-14}
-BLOCKED_PAUSE=${BLOCKED_PAUSE:-5s}
+BLOCKED_PAUSE=${BLOCKED_PAUSE:-3s}
+MAX_DELAY=${MAX_DELAY:-4s}
 if [ -z "${BIN:-}" ]; then
   BIN=target/release/sfmc-relay
   nice -n 10 cargo build --release --quiet
@@ -85,7 +88,7 @@ delivery:
     attempts: 8
     within: 10m
     base_delay: 200ms
-    max_delay: 30s
+    max_delay: ${MAX_DELAY}
     blocked_pause: ${BLOCKED_PAUSE}
 YAML
 
@@ -184,10 +187,10 @@ echo "chaos: ${EVENTS} events over ${DURATION} s against $BASE (blocked_pause ${
 # The windows start counting now: the stream starts right after.
 curl -fsS -X POST "$BASE/sim/outages" -H 'content-type: application/json' -d '[
   {"kind": "reject_secret", "start": 2, "seconds": 10},
-  {"kind": "rest_blocked", "start": 28, "seconds": 8},
-  {"kind": "token_blocked", "start": 28, "seconds": 8},
-  {"kind": "server_errors", "start": 40, "seconds": 6, "status": 503},
-  {"kind": "drop_journey_answers", "start": 46, "every": 3}
+  {"kind": "rest_blocked", "start": 16, "seconds": 8},
+  {"kind": "token_blocked", "start": 16, "seconds": 8},
+  {"kind": "server_errors", "start": 28, "seconds": 6, "status": 503},
+  {"kind": "drop_journey_answers", "start": 34, "every": 3}
 ]' >/dev/null
 started=$(date +%s.%N)
 RUN_RC=0

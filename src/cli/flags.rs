@@ -125,7 +125,8 @@ pub struct ReplayArgs {
     /// Rules directory; default: the embedded default rules (with no SFMC credentials: the embedded demo rules, examples/ecommerce/rules)
     #[arg(long, value_name = "DIR")]
     pub rules: Option<PathBuf>,
-    /// The dead-letter file written by `run`
+    /// The dead-letter file written by `run` (what fails again goes to --dead-letter, or,
+    /// when that is this file, to FILE's name with `.replay` before its extension)
     #[arg(value_name = "DEADLETTER_FILE")]
     pub file: PathBuf,
     /// Also send records with outcome `uncertain` (Journey entries SFMC may already have
@@ -144,8 +145,15 @@ impl ReplayArgs {
         } else {
             InputKind::DeadLetters
         };
-        self.delivery
-            .run_options(Some(self.file.clone()), kind, env)
+        let mut opts = self
+            .delivery
+            .run_options(Some(self.file.clone()), kind, env);
+        // Never append to the file being read (its own records would be read again):
+        // what fails again goes next to it.
+        if same_file(&opts.dead_letter, &self.file) {
+            opts.dead_letter = replay_dead_letter(&self.file);
+        }
+        opts
     }
 
     /// Replays are one-off: the rules are not watched (SIGHUP still reloads).
@@ -176,6 +184,28 @@ pub struct DeliveryArgs {
     /// not create them again); default: the dead-letter file's directory
     #[arg(long, value_name = "DIR")]
     pub state_dir: Option<PathBuf>,
+}
+
+/// Whether `a` and `b` name the same file (also through `..`, links or a relative path).
+fn same_file(a: &std::path::Path, b: &std::path::Path) -> bool {
+    match (std::fs::canonicalize(a), std::fs::canonicalize(b)) {
+        (Ok(a), Ok(b)) => a == b,
+        _ => a == b,
+    }
+}
+
+/// Where `replay FILE` writes what fails again when `--dead-letter` would be FILE itself:
+/// `FILE`'s name with `.replay` before its extension (`dead.ndjson` -> `dead.replay.ndjson`).
+pub fn replay_dead_letter(file: &std::path::Path) -> PathBuf {
+    let stem = file
+        .file_stem()
+        .map(|s| s.to_string_lossy().into_owned())
+        .unwrap_or_default();
+    let name = match file.extension() {
+        Some(ext) => format!("{stem}.replay.{}", ext.to_string_lossy()),
+        None => format!("{stem}.replay"),
+    };
+    file.with_file_name(name)
 }
 
 impl DeliveryArgs {
@@ -568,6 +598,35 @@ mod tests {
         assert!(!opts.progress);
         assert_eq!(opts.env.get("SFMC_CLIENT_ID").as_deref(), Some("id"));
         assert!(args.watch());
+    }
+
+    #[test]
+    fn replay_never_appends_to_the_file_it_reads() {
+        let cli =
+            Cli::try_parse_from(["sfmc-relay", "replay", "sfmc-relay.deadletter.ndjson"]).unwrap();
+        let Command::Replay(r) = cli.command else {
+            panic!("not replay")
+        };
+        let opts = r.run_options(&Env::empty());
+        assert_eq!(
+            opts.dead_letter,
+            PathBuf::from("sfmc-relay.deadletter.replay.ndjson")
+        );
+        let cli = Cli::try_parse_from([
+            "sfmc-relay",
+            "replay",
+            "dir/dead.ndjson",
+            "--dead-letter",
+            "other.ndjson",
+        ])
+        .unwrap();
+        let Command::Replay(r) = cli.command else {
+            panic!("not replay")
+        };
+        assert_eq!(
+            r.run_options(&Env::empty()).dead_letter,
+            PathBuf::from("other.ndjson")
+        );
     }
 
     #[test]

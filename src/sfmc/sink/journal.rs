@@ -74,7 +74,13 @@ struct State {
     out: File,
     stages: HashMap<String, Stage>,
     order: VecDeque<String>,
+    /// Lines in the file (compacted when well over the keys kept).
+    lines: usize,
 }
+
+/// Lines beyond twice the keys kept before the file is rewritten while running (a
+/// long-running relay would otherwise grow it by two lines per journey entry).
+const SLACK_LINES: usize = 10_000;
 
 impl State {
     fn set(&mut self, key: &str, stage: Stage) {
@@ -133,6 +139,7 @@ impl JourneyJournal {
         super::state_file::ensure_parent(path)?;
         if lines > 2 * order.len().max(1) {
             super::state_file::rewrite(path, order.iter().map(|k| (stages[k].as_str(), k)))?;
+            lines = order.len();
         }
         let mut out = OpenOptions::new().create(true).append(true).open(path)?;
         // After a torn last line, start the next record on a line of its own.
@@ -142,7 +149,12 @@ impl JourneyJournal {
         }
         Ok(JourneyJournal {
             path: path.to_path_buf(),
-            state: Mutex::new(State { out, stages, order }),
+            state: Mutex::new(State {
+                out,
+                stages,
+                order,
+                lines,
+            }),
         })
     }
 
@@ -176,6 +188,16 @@ impl JourneyJournal {
         }
         for k in keys {
             s.set(k, stage);
+        }
+        s.lines += keys.len();
+        if s.lines > 2 * s.order.len() + SLACK_LINES {
+            let s = &mut *s;
+            super::state_file::rewrite(
+                &self.path,
+                s.order.iter().map(|k| (s.stages[k].as_str(), k)),
+            )?;
+            s.out = OpenOptions::new().append(true).open(&self.path)?;
+            s.lines = s.order.len();
         }
         Ok(())
     }
@@ -219,6 +241,24 @@ mod tests {
         drop(j);
         let j = JourneyJournal::open(&p).unwrap();
         assert_eq!(j.stage("a"), Some(Stage::Unsent));
+    }
+
+    #[test]
+    fn a_long_running_journal_is_compacted() {
+        let dir = tempfile::tempdir().unwrap();
+        let p = dir.path().join("j.ndjson");
+        let j = JourneyJournal::open(&p).unwrap();
+        for i in 0..(SLACK_LINES + 100) {
+            let k = format!("k{}", i % 3);
+            j.record(&[&k], Stage::Sending, false).unwrap();
+        }
+        j.record(&["k0"], Stage::Ended, false).unwrap();
+        let lines = std::fs::read_to_string(&p).unwrap().lines().count();
+        assert!(lines < SLACK_LINES, "{lines} lines");
+        drop(j);
+        let j = JourneyJournal::open(&p).unwrap();
+        assert_eq!(j.stage("k0"), Some(Stage::Ended));
+        assert_eq!(j.stage("k2"), Some(Stage::Sending));
     }
 
     #[test]

@@ -51,6 +51,7 @@
 # only; not run by .ci/run.
 set -euo pipefail
 cd "$(dirname "$0")/.."
+. scripts/lib.sh
 
 EVENTS=${EVENTS:-4000}
 DURATION=${DURATION:-40}
@@ -158,29 +159,8 @@ json.dump({"events": i, "contacts": contacts, "orders": orders, "views": sorted(
 PY
 
 # --- simulator ----------------------------------------------------------------------------
-"$BIN" sim --listen 127.0.0.1:0 --config examples/sim.yaml 2>"$WORK/sim.err" &
-SIM_PID=$!
-for _ in $(seq 100); do
-  grep -q "listening on" "$WORK/sim.err" 2>/dev/null && break
-  sleep 0.1
-done
-BASE="$(grep -o 'listening on http://[0-9.:]*' "$WORK/sim.err" | head -1 | sed 's/listening on //')"
-[ -n "$BASE" ] || { echo "simulator did not start"; cat "$WORK/sim.err"; exit 1; }
+start_sim "$BIN" examples/sim.yaml "$WORK/sim.err"
 
-# Paced input: RATE events/s in 10 slices per second (catches up after back-pressure).
-pace() {
-  python3 -u -c '
-import sys, time
-rate = float(sys.argv[1]); per = max(1, int(rate // 10)); start = time.monotonic(); n = 0
-for line in sys.stdin:
-    sys.stdout.write(line); n += 1
-    if n % per == 0:
-        sys.stdout.flush()
-        ahead = n / rate - (time.monotonic() - start)
-        if ahead > 0: time.sleep(ahead)
-sys.stdout.flush()
-' "$1"
-}
 
 RATE=$(python3 -c "print($EVENTS / $DURATION)")
 echo "chaos: ${EVENTS} events over ${DURATION} s against $BASE (blocked_pause ${BLOCKED_PAUSE}); work dir $WORK"

@@ -17,6 +17,7 @@
 # Loopback only. Not run by .ci/run.
 set -euo pipefail
 cd "$(dirname "$0")/.."
+. scripts/lib.sh
 
 DURATION="${1:-600}"
 RATE="${RATE:-500}"
@@ -66,32 +67,11 @@ delivery:
     max_delay: 2s
 YAML
 
-"$BIN" sim --listen 127.0.0.1:0 --config "$WORK/sim.yaml" 2>"$WORK/sim.err" &
-SIM_PID=$!
-for _ in $(seq 100); do
-  grep -q "listening on" "$WORK/sim.err" 2>/dev/null && break
-  sleep 0.1
-done
-BASE="$(grep -o 'listening on http://[0-9.:]*' "$WORK/sim.err" | head -1 | sed 's/listening on //')"
-[ -n "$BASE" ] || { echo "simulator did not start"; cat "$WORK/sim.err"; exit 1; }
+start_sim "$BIN" "$WORK/sim.yaml" "$WORK/sim.err"
 
-# Paced input: RATE events/s in 10 slices per second.
-pace() {
-  python3 -u -c '
-import sys, time
-rate = int(sys.argv[1]); per = max(1, rate // 10); start = time.monotonic(); n = 0
-for line in sys.stdin:
-    sys.stdout.write(line); n += 1
-    if n % per == 0:
-        sys.stdout.flush()
-        ahead = n / rate - (time.monotonic() - start)
-        if ahead > 0: time.sleep(ahead)
-sys.stdout.flush()
-' "$RATE"
-}
 
 echo "soak: ${DURATION}s at ${RATE} events/s (${EVENTS} events) against $BASE; work dir $WORK"
-"$BIN" corpus -n "$EVENTS" --seed 42 | pace | \
+"$BIN" corpus -n "$EVENTS" --seed 42 | pace "$RATE" | \
   env -i PATH="$PATH" RUST_LOG=warn \
     SFMC_CLIENT_ID=soak-client SFMC_CLIENT_SECRET=soak-secret \
     SFMC_AUTH_URL="$BASE" SFMC_REST_URL="$BASE" \

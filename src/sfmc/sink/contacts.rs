@@ -12,8 +12,8 @@ use bytes::Bytes;
 use reqwest::Method;
 use serde_json::json;
 use std::collections::{HashSet, VecDeque};
-use std::fs::{File, OpenOptions};
-use std::io::{BufRead, BufReader, Write};
+use std::fs::File;
+use std::io::Write;
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex};
 use tokio::sync::mpsc;
@@ -114,36 +114,30 @@ async fn establish(shared: Arc<Shared>, batch: Vec<ContactMsg>) {
     let result = shared.client.send(Method::POST, ESTABLISH_PATH, body).await;
     // Per key: `None` when it went through, else the failure to dead-letter its event with.
     let outcomes: Vec<Option<Failure>> = match &result {
-        Ok(resp) => match bulk::parse_establish(&resp.body, &keys) {
-            Ok(items) => items
-                .into_iter()
-                .zip(&keys)
-                .map(|(o, key)| match o {
-                    ContactOutcome::Established { .. } => None,
-                    ContactOutcome::Refused { message } => Some(Failure::failed(
-                        format!("SFMC refused Contact Key {key:?}: {message}"),
-                        call(key),
-                        Some(resp.status),
-                        None,
-                        None,
-                    )),
-                })
-                .collect(),
-            // An answer that does not line up with the keys sent: no key is known to
-            // exist. Establish is idempotent, so the events can be replayed safely.
-            Err(e) => keys
-                .iter()
-                .map(|key| {
-                    Some(Failure::failed(
-                        format!("establish answer not understood: {e}"),
-                        call(key),
-                        Some(resp.status),
-                        None,
-                        None,
-                    ))
-                })
-                .collect(),
-        },
+        Ok(resp) => {
+            let failed = |reason: String, key| {
+                Failure::failed(reason, call(key), Some(resp.status), None, None)
+            };
+            match bulk::parse_establish(&resp.body, &keys) {
+                Ok(items) => items
+                    .into_iter()
+                    .zip(&keys)
+                    .map(|(o, key)| match o {
+                        ContactOutcome::Established { .. } => None,
+                        ContactOutcome::Refused { message } => Some(failed(
+                            format!("SFMC refused Contact Key {key:?}: {message}"),
+                            key,
+                        )),
+                    })
+                    .collect(),
+                // An answer that does not line up with the keys sent: no key is known to
+                // exist. Establish is idempotent, so the events can be replayed safely.
+                Err(e) => keys
+                    .iter()
+                    .map(|key| Some(failed(format!("establish answer not understood: {e}"), key)))
+                    .collect(),
+            }
+        }
         Err(e) => keys
             .iter()
             .map(|key| Some(failure_from(e, call(key))))
@@ -179,32 +173,21 @@ impl ContactState {
     /// Open `path` and load its keys into `cache`.
     pub(super) fn open(path: &Path, cache: &mut ContactCache) -> std::io::Result<ContactState> {
         let mut keys: VecDeque<String> = VecDeque::new();
-        let mut lines = 0usize;
-        match File::open(path) {
-            Ok(f) => {
-                for line in BufReader::new(f).lines() {
-                    let line = line?;
-                    lines += 1;
-                    // A torn last line (a crash mid-write) is skipped.
-                    if let Ok(k) = serde_json::from_str::<String>(&line) {
-                        keys.push_back(k);
-                        if cache.cap > 0 && keys.len() > cache.cap {
-                            keys.pop_front();
-                        }
-                    }
-                }
+        let read = super::state_file::read_records(path, |k: String| {
+            keys.push_back(k);
+            if cache.cap > 0 && keys.len() > cache.cap {
+                keys.pop_front();
             }
-            Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
-            Err(e) => return Err(e),
-        }
-        super::state_file::ensure_parent(path)?;
-        if lines > 2 * keys.len().max(1) {
+        })?;
+        let mut torn = read.torn;
+        if read.lines > 2 * keys.len().max(1) {
             super::state_file::rewrite(path, &keys)?;
+            torn = false;
         }
         for k in &keys {
             cache.claim(k);
         }
-        let f = OpenOptions::new().create(true).append(true).open(path)?;
+        let f = super::state_file::open_append(path, torn)?;
         Ok(ContactState {
             path: path.to_path_buf(),
             out: Mutex::new(Some(std::io::BufWriter::new(f))),

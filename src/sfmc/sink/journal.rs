@@ -23,10 +23,11 @@
 //! that share a Kafka group on different machines each have their own journal: an entry
 //! redelivered to another relay after a crash is not caught (documented in docs/kafka.md).
 
+use super::state_file;
 use crate::source::Origin;
 use std::collections::{HashMap, VecDeque};
-use std::fs::{File, OpenOptions};
-use std::io::{BufRead, BufReader, Write};
+use std::fs::File;
+use std::io::Write;
 use std::path::{Path, PathBuf};
 use std::sync::Mutex;
 
@@ -46,6 +47,15 @@ pub enum Stage {
 }
 
 impl Stage {
+    fn parse(s: &str) -> Option<Stage> {
+        match s {
+            "sending" => Some(Stage::Sending),
+            "ended" => Some(Stage::Ended),
+            "unsent" => Some(Stage::Unsent),
+            _ => None,
+        }
+    }
+
     fn as_str(self) -> &'static str {
         match self {
             Stage::Sending => "sending",
@@ -70,10 +80,34 @@ pub fn key(origin: &Origin, definition: &str, contact_key: &str) -> Option<Strin
     Some(format!("{at}|{definition}|{contact_key}"))
 }
 
-struct State {
-    out: File,
+/// The keys kept (the most recent [`JOURNAL_KEYS`]) and how far each got.
+#[derive(Default)]
+struct Keys {
     stages: HashMap<String, Stage>,
     order: VecDeque<String>,
+}
+
+impl Keys {
+    fn set(&mut self, key: &str, stage: Stage) {
+        if self.stages.insert(key.to_string(), stage).is_none() {
+            self.order.push_back(key.to_string());
+            while self.order.len() > JOURNAL_KEYS {
+                if let Some(old) = self.order.pop_front() {
+                    self.stages.remove(&old);
+                }
+            }
+        }
+    }
+
+    /// The file's compact form: one line per key, its last stage.
+    fn records(&self) -> impl Iterator<Item = (&'static str, &String)> {
+        self.order.iter().map(|k| (self.stages[k].as_str(), k))
+    }
+}
+
+struct State {
+    out: File,
+    keys: Keys,
     /// Lines in the file (compacted when well over the keys kept).
     lines: usize,
 }
@@ -81,22 +115,6 @@ struct State {
 /// Lines beyond twice the keys kept before the file is rewritten while running (a
 /// long-running relay would otherwise grow it by two lines per journey entry).
 const SLACK_LINES: usize = 10_000;
-
-impl State {
-    fn set(&mut self, key: &str, stage: Stage) {
-        match self.stages.insert(key.to_string(), stage) {
-            Some(_) => {}
-            None => {
-                self.order.push_back(key.to_string());
-                while self.order.len() > JOURNAL_KEYS {
-                    if let Some(old) = self.order.pop_front() {
-                        self.stages.remove(&old);
-                    }
-                }
-            }
-        }
-    }
-}
 
 pub struct JourneyJournal {
     path: PathBuf,
@@ -106,55 +124,22 @@ pub struct JourneyJournal {
 impl JourneyJournal {
     /// Open (or create) the journal at `path` and load it.
     pub fn open(path: &Path) -> std::io::Result<JourneyJournal> {
-        let mut stages: HashMap<String, Stage> = HashMap::new();
-        let mut order: VecDeque<String> = VecDeque::new();
-        let mut lines = 0usize;
-        match File::open(path) {
-            Ok(f) => {
-                for line in BufReader::new(f).lines() {
-                    let line = line?;
-                    lines += 1;
-                    let Ok((stage, key)) = serde_json::from_str::<(String, String)>(&line) else {
-                        continue;
-                    };
-                    let stage = match stage.as_str() {
-                        "sending" => Stage::Sending,
-                        "ended" => Stage::Ended,
-                        "unsent" => Stage::Unsent,
-                        _ => continue,
-                    };
-                    if stages.insert(key.clone(), stage).is_none() {
-                        order.push_back(key);
-                        while order.len() > JOURNAL_KEYS {
-                            if let Some(old) = order.pop_front() {
-                                stages.remove(&old);
-                            }
-                        }
-                    }
-                }
+        let mut keys = Keys::default();
+        let read = state_file::read_records(path, |(stage, key): (String, String)| {
+            if let Some(stage) = Stage::parse(&stage) {
+                keys.set(&key, stage);
             }
-            Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
-            Err(e) => return Err(e),
+        })?;
+        let mut lines = read.lines;
+        let mut torn = read.torn;
+        if lines > 2 * keys.order.len().max(1) {
+            state_file::rewrite(path, keys.records())?;
+            (lines, torn) = (keys.order.len(), false);
         }
-        super::state_file::ensure_parent(path)?;
-        if lines > 2 * order.len().max(1) {
-            super::state_file::rewrite(path, order.iter().map(|k| (stages[k].as_str(), k)))?;
-            lines = order.len();
-        }
-        let mut out = OpenOptions::new().create(true).append(true).open(path)?;
-        // After a torn last line, start the next record on a line of its own.
-        let text_end = std::fs::read(path)?.last().copied();
-        if text_end.is_some_and(|b| b != b'\n') {
-            out.write_all(b"\n")?;
-        }
+        let out = state_file::open_append(path, torn)?;
         Ok(JourneyJournal {
             path: path.to_path_buf(),
-            state: Mutex::new(State {
-                out,
-                stages,
-                order,
-                lines,
-            }),
+            state: Mutex::new(State { out, keys, lines }),
         })
     }
 
@@ -168,7 +153,7 @@ impl JourneyJournal {
 
     /// How far the entry `key` got, if the journal knows it.
     pub fn stage(&self, key: &str) -> Option<Stage> {
-        self.lock().stages.get(key).copied()
+        self.lock().keys.stages.get(key).copied()
     }
 
     /// Record `stage` for `keys`; with `sync`, on disk before this returns.
@@ -187,17 +172,13 @@ impl JourneyJournal {
             s.out.sync_data()?;
         }
         for k in keys {
-            s.set(k, stage);
+            s.keys.set(k, stage);
         }
         s.lines += keys.len();
-        if s.lines > 2 * s.order.len() + SLACK_LINES {
-            let s = &mut *s;
-            super::state_file::rewrite(
-                &self.path,
-                s.order.iter().map(|k| (s.stages[k].as_str(), k)),
-            )?;
-            s.out = OpenOptions::new().append(true).open(&self.path)?;
-            s.lines = s.order.len();
+        if s.lines > 2 * s.keys.order.len() + SLACK_LINES {
+            state_file::rewrite(&self.path, s.keys.records())?;
+            s.out = state_file::open_append(&self.path, false)?;
+            s.lines = s.keys.order.len();
         }
         Ok(())
     }
@@ -218,7 +199,7 @@ mod tests {
         assert_eq!(j.stage("c"), None);
         drop(j);
         // A crash in the middle of a line.
-        let mut f = OpenOptions::new().append(true).open(&p).unwrap();
+        let mut f = std::fs::OpenOptions::new().append(true).open(&p).unwrap();
         f.write_all(b"[\"ended\",\"b").unwrap();
         drop(f);
         let j = JourneyJournal::open(&p).unwrap();

@@ -84,20 +84,12 @@ fn deliver(
             crate::sfmc::CredentialSource::from_vars(|k| opts.env.get(k)),
             Ok(None)
         );
-    let live = if demo {
+    let mut rule_opts = rules::live::Options::new(rules, watch);
+    if demo {
         eprintln!("{DEMO_NOTE}");
-        LiveRules::start_with(rules::live::Options {
-            demo: true,
-            ..rules::live::Options::new(None, false)
-        })
-        .map_err(|e| {
-            eprintln!("{e}");
-            ExitStatus::Config
-        })
-    } else {
-        start_rules(rules, watch)
-    };
-    let live = match live {
+        rule_opts.demo = true;
+    }
+    let live = match start_rules_with(rule_opts) {
         Ok(l) => l,
         Err(status) => return status,
     };
@@ -297,7 +289,12 @@ fn runtime() -> tokio::runtime::Runtime {
 /// Load the rules (`dir`, or the embedded defaults) and keep them current; on errors,
 /// print them and return the exit status.
 fn start_rules(dir: Option<PathBuf>, watch: bool) -> Result<LiveRules, ExitStatus> {
-    LiveRules::start(dir, watch).map_err(|e| {
+    start_rules_with(rules::live::Options::new(dir, watch))
+}
+
+/// [`start_rules`] with every option.
+fn start_rules_with(opts: rules::live::Options) -> Result<LiveRules, ExitStatus> {
+    LiveRules::start_with(opts).map_err(|e| {
         eprintln!("{e}");
         ExitStatus::Config
     })
